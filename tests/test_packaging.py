@@ -1,0 +1,57 @@
+"""Packaging contracts: conda and pip name the same dependencies; the two sides of the kit
+never import each other's framework."""
+
+import pkgutil
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# variants for accelerators are pip-only extras: conda users pick their own CUDA/TPU builds
+PIP_ONLY_EXTRAS = {"jax-cuda", "jax-tpu", "torch-cuda"}
+
+
+def _normalise(req: str) -> str:
+    name, spec = re.match(r"^([A-Za-z0-9_.\-]+)(.*)$", req.strip()).groups()
+    return re.sub(r"[-_.]+", "-", name).lower() + spec.replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_normalise(r) for r in project["dependencies"]}
+    for extra, reqs in project["optional-dependencies"].items():
+        if extra not in PIP_ONLY_EXTRAS:
+            wanted |= {_normalise(r) for r in reqs}
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = lines.index("  - pip:")
+    pip_reqs = {_normalise(ln.strip()[2:]) for ln in lines[start + 1 :] if ln.strip().startswith("- ") and not ln.strip().startswith("- -e")}
+    assert pip_reqs == wanted, f"only in environment.yml: {sorted(pip_reqs - wanted)}; only in pyproject: {sorted(wanted - pip_reqs)}"
+
+
+def _modules(package: str) -> list[str]:
+    pkg = __import__(package)
+    return [package] + [m.name for m in pkgutil.walk_packages(pkg.__path__, package + ".")]
+
+
+@pytest.mark.parametrize("package, forbidden", [("see3d_jax", "torch"), ("see3d_torch", "jax"), ("see3d_core", "torch"), ("see3d_core", "jax")])
+def test_import_boundary(package, forbidden):
+    modules = _modules(package)
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        "    importlib.import_module(m)\n"
+        f"bad = sorted(k for k in sys.modules if k == {forbidden!r} or k.startswith({forbidden!r} + '.'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"importing {package} loaded {forbidden}: {out.stdout.strip()[:200]}"
+
+
+def test_constraints_pin_torch():
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
+    assert "PIP_CONSTRAINT" in (ROOT / "Makefile").read_text()

@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from see3d_core import clips, cli, videos
+
+
+def test_labelled_videos_have_the_right_motion():
+    moving = videos.make_video("moving_camera", 1, num_frames=6, width=64, height=48)
+    static = videos.make_video("static_camera", 1, num_frames=6, width=64, height=48)
+    jitter = videos.make_video("jitter", 1, num_frames=6, width=64, height=48)
+    mixed = videos.make_video("mixed", 1, num_frames=9, width=64, height=48)
+    assert np.abs(moving.frames[0].astype(int) - moving.frames[-1]).mean() > 5
+    np.testing.assert_array_equal(static.frames[0], static.frames[-1])
+    travel = np.linalg.norm(jitter.cameras[0].center - jitter.cameras[-1].center)
+    assert 0 < travel < 0.05
+    assert mixed.dynamic.tolist() == [False] * 7 + [True] * 2
+    assert mixed.expected_status == "accepted"
+    with pytest.raises(ValueError, match="unknown video kind"):
+        videos.make_video("dancing", 0)
+
+
+def test_mp4_and_frame_folder_round_trip(tmp_path):
+    v = videos.make_video("moving_camera", 2, num_frames=5, width=64, height=48)
+    videos.write_mp4(tmp_path / "v.mp4", v.frames, v.fps)
+    frames, fps = videos.read_video(tmp_path / "v.mp4")
+    assert frames.shape == v.frames.shape and fps == pytest.approx(v.fps)
+    assert np.abs(frames.astype(float) - v.frames).mean() < 12  # lossy codec
+    videos.write_frame_folder(tmp_path / "f", v.frames)
+    assert len(list((tmp_path / "f").glob("*.png"))) == 5
+
+
+def test_labelled_suite(tmp_path):
+    labels = videos.write_labelled_suite(tmp_path, per_kind=1, num_frames=4, width=48, height=32)
+    assert {lab["kind"] for lab in labels} == set(videos.KINDS)
+    assert json.loads((tmp_path / "labels.json").read_text()) == labels
+    for lab in labels:
+        assert (tmp_path / lab["video"]).exists()
+
+
+def test_world_command_writes_dataset_and_previews(tmp_path):
+    assert cli.main(["world", "--out", str(tmp_path / "w"), "--frames", "4", "--size", "48"]) == 0
+    assert (tmp_path / "w" / "preview.png").exists() and (tmp_path / "w" / "preview.mp4").exists()
+    assert clips.ClipDataset(tmp_path / "w" / "dataset").validate() == 1
+    # a second run into the same folder is refused without touching what is there
+    assert cli.main(["world", "--out", str(tmp_path / "w"), "--frames", "4", "--size", "48"]) == 2
+    assert clips.ClipDataset(tmp_path / "w" / "dataset").validate() == 1
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "see3d_core.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
