@@ -1,0 +1,449 @@
+"""The pose-free visual condition of See3D (SPEC.md sections 1.2 and 2), JAX side.
+
+Layout conventions (the whole JAX side):
+- views are their own axis: images/latents are [B, V, H, W, C] (channels-last), float32;
+- pixels are in [-1, 1] (the VAE's input range), so black is -1;
+- masks are [B, V, H, W, 1] float32 with **1 = known** (reference view or valid warp) and
+  0 = hole, as the released weights expect; reference views always have all-ones masks;
+- `is_reference` is [B, V] bool; timesteps `t` are int32 [B] in [0, T-1] (all views of a
+  sample share the same t).
+
+The condition, for target views (references enter clean everywhere):
+
+    C_t = q(E(fill(X0, M)), t') = sqrt(abar_t') E(fill(X0, M)) + sqrt(1 - abar_t') eps'   (Eq. 2)
+    V_t = [W_t C_t + (1 - W_t) X_t ; M]                                                  (Eq. 3)
+
+with t' = f(t) (`condition_timestep`, released: t // 5) and W_t (`mixture_weight`, released:
+a piecewise schedule on t'). `fill` paints holes black in *pixel space* and E is the VAE
+encoder (identity for pixel-space models). The paper writes `(1 - M) X0` (a product in latent
+space), but the released weights see, at inference, VAE latents of warped images whose holes
+are black (latents are never multiplied by the mask). Filling holes in pixel space before
+encoding, in training as at inference, makes the training condition look like a warp.
+
+At inference (Eq. 20) the same `visual_condition` is used with the warped latents and the warp
+masks instead of random masks: nothing is masked at random.
+
+Variants for the paper's ablation (Table 3), `ConditionConfig.variant`:
+- "time_dependent" (default; MV-UnposeT): random masks, noise at t', mixture with X_t;
+- "masked" (MV-UnposeM): the randomly masked clean views are the condition (no noise, no mix);
+- "posed_warp" (MV-Posed): the references are forward-warped into the targets with the true
+  depth and cameras of posed data; the warp masks replace the random masks, then as
+  "time_dependent".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+from see3d_jax.schedules import NoiseSchedule, add_noise
+
+ConditionVariant = Literal["time_dependent", "masked", "posed_warp"]
+CONDITION_VARIANTS = ("time_dependent", "masked", "posed_warp")
+BLACK = -1.0  # black in the [-1, 1] pixel range
+
+
+# --- t' and W -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    """Random irregular hole masks for target views.
+
+    Each mask is the union of free-form strokes (polylines with round caps), axis-aligned boxes
+    and rotated ellipses, grown or shrunk together until the hole fraction equals a coverage
+    drawn uniformly from [min_coverage, max_coverage] (exactly, up to one pixel).
+    """
+
+    min_coverage: float = 0.15  # fraction of hole pixels (mask 0) per target view
+    max_coverage: float = 0.75
+    num_strokes: int = 3
+    stroke_vertices: int = 5
+    num_boxes: int = 2
+    num_ellipses: int = 2
+    shape_probability: float = 0.7  # each shape is present with this probability (the first stroke always)
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_coverage <= self.max_coverage <= 1.0:
+            raise ValueError(
+                f"MaskConfig coverage: expected 0 <= min_coverage <= max_coverage <= 1, "
+                f"got {self.min_coverage}, {self.max_coverage}"
+            )
+        if self.num_strokes < 1 or self.stroke_vertices < 2 or self.num_boxes < 0 or self.num_ellipses < 0:
+            raise ValueError(
+                "MaskConfig: expected num_strokes >= 1, stroke_vertices >= 2, num_boxes >= 0, num_ellipses >= 0"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionConfig:
+    """Everything that defines the visual condition. Defaults reproduce the released weights.
+
+    timestep_map: t' = f(t). "released": t // 5; "linear": floor(linear_ratio * t);
+        "sqrt": floor(sqrt_scale * sqrt(t)) (the paper's example); or a callable taking int32
+        t and returning int t'. Always clipped to [0, t].
+    weight: W as a function of t. "released": the piecewise schedule of SPEC.md section 2
+        (on t' = t // 5, whatever timestep_map says); "exponential":
+        exp(-exp_rate * (1 - t / (T-1))) (1 at t = T-1, decaying as t -> 0); or a callable
+        taking int32 t and returning W; always clipped to [0, 1].
+    min_references, max_references: how many of the N views of a training sample are clean
+        references (drawn uniformly per sample, at most N - 1).
+    """
+
+    variant: ConditionVariant = "time_dependent"
+    timestep_map: str | Callable[[jax.Array], jax.Array] = "released"
+    linear_ratio: float = 0.2
+    sqrt_scale: float = 1.0
+    weight: str | Callable[[jax.Array], jax.Array] = "released"
+    exp_rate: float = 5.0
+    num_train_timesteps: int = 1000
+    min_references: int = 1
+    max_references: int = 3
+    masks: MaskConfig = MaskConfig()
+
+    def __post_init__(self):
+        if self.variant not in CONDITION_VARIANTS:
+            raise ValueError(f"ConditionConfig.variant: expected one of {CONDITION_VARIANTS}, got {self.variant!r}")
+        if not callable(self.timestep_map) and self.timestep_map not in ("released", "linear", "sqrt"):
+            raise ValueError(
+                f"ConditionConfig.timestep_map: expected 'released', 'linear', 'sqrt' or a callable, got {self.timestep_map!r}"
+            )
+        if not callable(self.weight) and self.weight not in ("released", "exponential"):
+            raise ValueError(
+                f"ConditionConfig.weight: expected 'released', 'exponential' or a callable, got {self.weight!r}"
+            )
+        if not 1 <= self.min_references <= self.max_references:
+            raise ValueError(
+                f"ConditionConfig references: expected 1 <= min_references <= max_references, "
+                f"got {self.min_references}, {self.max_references}"
+            )
+
+
+RELEASED = ConditionConfig()
+
+
+def condition_timestep(t: jax.Array, config: ConditionConfig = RELEASED) -> jax.Array:
+    """The noise level t' = f(t) of the condition, int32, same shape as t (released: t // 5)."""
+    t = jnp.asarray(t).astype(jnp.int32)
+    if callable(config.timestep_map):
+        t_prime = jnp.asarray(config.timestep_map(t))
+    elif config.timestep_map == "released":
+        t_prime = t // 5
+    elif config.timestep_map == "linear":
+        t_prime = jnp.floor(config.linear_ratio * t.astype(jnp.float32))
+    else:  # "sqrt"
+        t_prime = jnp.floor(config.sqrt_scale * jnp.sqrt(t.astype(jnp.float32)))
+    return jnp.clip(t_prime.astype(jnp.int32), 0, t)
+
+
+def released_mixture_weight_of_t_prime(t_prime: jax.Array) -> jax.Array:
+    """The released W as a function of t' in [0, 199]: linear above 60, exponential below."""
+    t_prime = jnp.asarray(t_prime, jnp.float32)
+    high = 1.0 - 0.2 * (200.0 - t_prime) / 140.0
+    low = 0.8 * jnp.exp(-0.075 * (60.0 - t_prime))
+    return jnp.clip(jnp.where(t_prime >= 60.0, high, low), 0.0, 1.0)
+
+
+def mixture_weight(t: jax.Array, config: ConditionConfig = RELEASED) -> jax.Array:
+    """The mixture weight W_t in [0, 1] of Eq. 3, float32, same shape as t.
+
+    Released: 999 -> 0.9986, 500 -> 0.857, 300 -> 0.800, 250 -> 0.378, 200 -> 0.179,
+    100 -> 0.040, 0 -> 0.0089.
+    """
+    t = jnp.asarray(t).astype(jnp.int32)
+    if callable(config.weight):
+        w = jnp.asarray(config.weight(t), jnp.float32)
+    elif config.weight == "released":
+        w = released_mixture_weight_of_t_prime(t // 5)
+    else:  # "exponential"
+        last = config.num_train_timesteps - 1
+        w = jnp.exp(-config.exp_rate * (1.0 - t.astype(jnp.float32) / last))
+    return jnp.clip(w, 0.0, 1.0)
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+def _segment_distance(px, py, ax, ay, bx, by):
+    """Distance from pixels (px, py) [H, W] to the segment a-b (scalars)."""
+    dx, dy = bx - ax, by - ay
+    h = jnp.clip(((px - ax) * dx + (py - ay) * dy) / jnp.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+    return jnp.hypot(px - ax - h * dx, py - ay - h * dy)
+
+
+def _hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> jax.Array:
+    """A field [H, W] that is large inside the shapes and decreases away from them."""
+    k_stroke, k_box, k_ell, k_on, k_tie = jax.random.split(key, 5)
+    ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
+    xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
+    py, px = jnp.meshgrid(ys, xs, indexing="ij")
+    fields = []
+
+    # Strokes: random walks of `stroke_vertices` points; field = 1 - distance / thickness.
+    ks = jax.random.split(k_stroke, 4)
+    n, m = config.num_strokes, config.stroke_vertices
+    start = jax.random.uniform(ks[0], (n, 1, 2))
+    angle = jax.random.uniform(ks[1], (n, m - 1), maxval=2 * math.pi)
+    length = jax.random.uniform(ks[2], (n, m - 1), minval=0.08, maxval=0.3)
+    steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
+    vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y)
+    thickness = jax.random.uniform(ks[3], (n,), minval=0.02, maxval=0.07)
+    a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
+    dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b)
+    dist = dist.reshape(n, m - 1, height, width).min(axis=1)
+    fields.append(1.0 - dist / thickness[:, None, None])
+
+    if config.num_boxes:
+        kb = jax.random.split(k_box, 2)
+        centre = jax.random.uniform(kb[0], (config.num_boxes, 2))
+        half = jax.random.uniform(kb[1], (config.num_boxes, 2), minval=0.04, maxval=0.22)
+        u = jnp.abs(px[None] - centre[:, 0, None, None]) / half[:, 0, None, None]
+        v = jnp.abs(py[None] - centre[:, 1, None, None]) / half[:, 1, None, None]
+        fields.append(1.0 - jnp.maximum(u, v))
+
+    if config.num_ellipses:
+        ke = jax.random.split(k_ell, 3)
+        centre = jax.random.uniform(ke[0], (config.num_ellipses, 2))
+        radii = jax.random.uniform(ke[1], (config.num_ellipses, 2), minval=0.04, maxval=0.25)
+        rot = jax.random.uniform(ke[2], (config.num_ellipses,), maxval=math.pi)
+        dx, dy = px[None] - centre[:, 0, None, None], py[None] - centre[:, 1, None, None]
+        c, s = jnp.cos(rot)[:, None, None], jnp.sin(rot)[:, None, None]
+        u = (c * dx + s * dy) / radii[:, 0, None, None]
+        v = (-s * dx + c * dy) / radii[:, 1, None, None]
+        fields.append(1.0 - jnp.sqrt(u * u + v * v))
+
+    field = jnp.concatenate(fields, axis=0)  # [num_shapes, H, W]
+    present = jax.random.bernoulli(k_on, config.shape_probability, (field.shape[0],)).at[0].set(True)
+    field = jnp.where(present[:, None, None], field, -jnp.inf).max(axis=0)
+    # A tiny deterministic jitter breaks ties so the coverage is exact.
+    return field + 1e-6 * jax.random.uniform(k_tie, field.shape)
+
+
+def random_masks(key: jax.Array, num: int, height: int, width: int, config: MaskConfig = MaskConfig()) -> jax.Array:
+    """`num` random irregular masks [num, H, W, 1] float32 (1 = known, 0 = hole).
+
+    Deterministic in `key`; vectorised (vmap over masks) and jit-able for static sizes. The hole
+    fraction of each mask is uniform in [config.min_coverage, config.max_coverage] (exact up to
+    rounding to whole pixels).
+    """
+    if num < 0 or height < 1 or width < 1:
+        raise ValueError(f"random_masks: expected num >= 0 and a positive size, got {num}, {height}x{width}")
+
+    def one(k):
+        k_field, k_cov = jax.random.split(k)
+        field = _hole_field(k_field, height, width, config).reshape(-1)
+        coverage = jax.random.uniform(k_cov, (), minval=config.min_coverage, maxval=config.max_coverage)
+        num_holes = jnp.round(coverage * field.size).astype(jnp.int32)
+        ordered = jnp.sort(field)[::-1]
+        threshold = ordered[jnp.maximum(num_holes - 1, 0)]
+        hole = (field >= threshold) & (num_holes > 0)
+        return jnp.where(hole, 0.0, 1.0).reshape(height, width, 1).astype(jnp.float32)
+
+    return jax.vmap(one)(jax.random.split(key, num))
+
+
+def fill_holes(images: jax.Array, masks: jax.Array, fill_value: float = BLACK) -> jax.Array:
+    """Paint holes (mask 0) with `fill_value` (black, -1 in [-1, 1]); images [..., H, W, C], masks [..., H, W, 1]."""
+    return jnp.where(masks > 0.5, images, jnp.asarray(fill_value, images.dtype))
+
+
+def resize_masks_nearest(masks: jax.Array, height: int, width: int) -> jax.Array:
+    """Nearest resize of masks [..., H, W, 1] to [..., height, width, 1] (as torch's 'nearest':
+    source index floor(i * H / height)), used to bring pixel masks to latent size."""
+    src_h, src_w = masks.shape[-3], masks.shape[-2]
+    rows = jnp.floor(jnp.arange(height) * (src_h / height)).astype(jnp.int32)
+    cols = jnp.floor(jnp.arange(width) * (src_w / width)).astype(jnp.int32)
+    return jnp.take(jnp.take(masks, rows, axis=-3), cols, axis=-2)
+
+
+# --- the condition ------------------------------------------------------------------------------
+
+def visual_condition(
+    schedule: NoiseSchedule,
+    x_t: jax.Array,
+    clean_condition: jax.Array,
+    masks: jax.Array,
+    is_reference: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    config: ConditionConfig = RELEASED,
+) -> tuple[jax.Array, jax.Array]:
+    """The model's condition inputs (V, M) of Eq. 3 (training) and Eq. 20 (inference).
+
+    schedule: the diffusion schedule (abar for the noise at t').
+    x_t: noisy views [B, V, h, w, C] (references already clean).
+    clean_condition: [B, V, h, w, C] clean model-space views whose holes were filled black in
+        pixel space *before* encoding: random-masked views in training, warped views at
+        inference; for reference views, their clean latents.
+    masks: [B, V, h, w, 1], 1 = known, at model resolution; forced to 1 on references.
+    is_reference: [B, V] bool. t: int32 [B]. noise: like x_t, fresh every step (eps' of Eq. 2).
+    Returns V [B, V, h, w, C] and M [B, V, h, w, 1]:
+        targets:    V = W_t q(clean_condition, t') + (1 - W_t) x_t   ("masked": V = clean_condition)
+        references: V = clean_condition, M = 1.
+    """
+    ref = is_reference[:, :, None, None, None]
+    masks = jnp.where(ref, 1.0, masks).astype(x_t.dtype)
+    if config.variant == "masked":
+        target_condition = clean_condition
+    else:
+        t_prime = condition_timestep(t, config)
+        weight = mixture_weight(t, config).astype(x_t.dtype).reshape(-1, 1, 1, 1, 1)
+        corrupted = add_noise(schedule, clean_condition, noise, t_prime)  # C_t, Eq. 2
+        target_condition = weight * corrupted + (1.0 - weight) * x_t  # Eq. 3
+    return jnp.where(ref, clean_condition, target_condition), masks
+
+
+# --- posed warps (MV-Posed) -----------------------------------------------------------------------
+
+def forward_warp_references(
+    images: jax.Array,
+    depths: jax.Array,
+    intrinsics: jax.Array,
+    c2w: jax.Array,
+    is_reference: jax.Array,
+    fill_value: float = BLACK,
+) -> tuple[jax.Array, jax.Array]:
+    """Forward-warp all reference views of each sample into every view, nearest z-buffer.
+
+    images [B, V, H, W, C], depths [B, V, H, W] (z-depth), intrinsics [B, V, 3, 3] (pixels),
+    c2w [B, V, 4, 4] (OpenCV convention). Each reference pixel is splatted to the nearest pixel
+    of the destination view; the closest point wins. Returns (warped [B, V, H, W, C] with holes
+    = fill_value, masks [B, V, H, W, 1] with 1 where some reference point landed).
+    """
+    B, V, H, W, C = images.shape
+    ys, xs = jnp.meshgrid(jnp.arange(H, dtype=jnp.float32), jnp.arange(W, dtype=jnp.float32), indexing="ij")
+    pix = jnp.stack([xs, ys, jnp.ones_like(xs)], -1).reshape(-1, 3)  # pixel centres at integers
+
+    def per_sample(img, dep, K, c2w_, ref):
+        rays = jnp.einsum("vij,pj->vpi", jnp.linalg.inv(K), pix)  # [V, HW, 3]
+        cam = rays * dep.reshape(V, -1, 1)
+        world = jnp.einsum("vij,vpj->vpi", c2w_[:, :3, :3], cam) + c2w_[:, None, :3, 3]
+        world = world.reshape(-1, 3)
+        colors = img.reshape(-1, C)
+        source_ok = jnp.repeat(ref, H * W) & jnp.isfinite(dep.reshape(-1)) & (dep.reshape(-1) > 0)
+        w2c = jnp.linalg.inv(c2w_)
+
+        def into(K_dst, w2c_dst):
+            p = world @ w2c_dst[:3, :3].T + w2c_dst[:3, 3]
+            z = p[:, 2]
+            uvw = p @ K_dst.T
+            u = jnp.round(uvw[:, 0] / jnp.maximum(z, 1e-8)).astype(jnp.int32)
+            v = jnp.round(uvw[:, 1] / jnp.maximum(z, 1e-8)).astype(jnp.int32)
+            ok = source_ok & (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            index = jnp.where(ok, v * W + u, H * W)  # H*W collects the rejected points
+            nearest = jax.ops.segment_min(jnp.where(ok, z, jnp.inf), index, num_segments=H * W + 1)
+            wins = ok & (z <= nearest[index])
+            point = jnp.where(wins, jnp.arange(z.shape[0]), -1)
+            chosen = jax.ops.segment_max(point, index, num_segments=H * W + 1)[: H * W]
+            valid = chosen >= 0
+            warped = jnp.where(valid[:, None], colors[jnp.maximum(chosen, 0)], fill_value)
+            return warped.reshape(H, W, C), valid.reshape(H, W, 1).astype(jnp.float32)
+
+        return jax.vmap(into)(K, w2c)
+
+    return jax.vmap(per_sample)(images, depths, intrinsics, c2w, is_reference)
+
+
+# --- training batches -----------------------------------------------------------------------------
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainingBatch:
+    """One training batch in model space (latents or pixels), views in shuffled order.
+
+    x0, noise, x_t, condition: [B, V, h, w, C]; mask: [B, V, h, w, 1] (1 = known);
+    t: int32 [B]; is_reference: bool [B, V]; loss_mask: float32 [B, V] (1 on targets only);
+    view_order: int32 [B, V], the index in the input clip of each shuffled view.
+    The model input is cat([x_t, condition, mask], -1); the regression target is
+    `schedules.training_target(schedule, x0, noise, t, prediction_type)` on targets only.
+    """
+
+    x0: jax.Array
+    noise: jax.Array
+    t: jax.Array
+    x_t: jax.Array
+    condition: jax.Array
+    mask: jax.Array
+    is_reference: jax.Array
+    loss_mask: jax.Array
+    view_order: jax.Array
+
+
+def build_training_batch(
+    key: jax.Array,
+    views: jax.Array,
+    schedule: NoiseSchedule,
+    config: ConditionConfig = RELEASED,
+    encode_fn: Callable[[jax.Array], jax.Array] | None = None,
+    depths: jax.Array | None = None,
+    intrinsics: jax.Array | None = None,
+    c2w: jax.Array | None = None,
+) -> TrainingBatch:
+    """Build (x_t, V_t, M) and the loss mask from N views per clip.
+
+    key: PRNG key (everything random comes from it: order, references, masks, t, noises).
+    views: pixels [B, N, H, W, 3] in [-1, 1].
+    encode_fn: for latent models, maps pixels [B, K, H, W, 3] in [-1, 1] to latents
+        [B, K, h, w, C] (already multiplied by the VAE scaling factor); None for pixel-space
+        models. Holes are filled black in pixel space *before* encoding, exactly as warped
+        images at inference, so the model sees the same kind of condition in both.
+    depths [B, N, H, W], intrinsics [B, N, 3, 3], c2w [B, N, 4, 4]: required by the
+        "posed_warp" variant only (true geometry of posed data).
+
+    Steps: shuffle the views (no temporal order), the first S of the shuffled views are the
+    references (S uniform in [min_references, min(max_references, N - 1)] per sample), the
+    others are targets with random irregular masks (or posed warps); references are clean in
+    x_t and in V with all-ones masks; t is uniform in [0, T-1] per sample.
+    """
+    if views.ndim != 5 or views.shape[-1] != 3:
+        raise ValueError(f"build_training_batch: views must be pixels [B, N, H, W, 3], got shape {views.shape}")
+    B, N, H, W, _ = views.shape
+    if N < 2:
+        raise ValueError(f"build_training_batch: need at least 2 views per clip (a reference and a target), got {N}")
+    max_refs = min(config.max_references, N - 1)
+    min_refs = min(config.min_references, max_refs)
+    if config.variant == "posed_warp" and (depths is None or intrinsics is None or c2w is None):
+        raise ValueError("build_training_batch: variant 'posed_warp' needs depths, intrinsics and c2w of the views")
+    k_order, k_refs, k_masks, k_t, k_noise, k_cond = jax.random.split(key, 6)
+
+    order = jax.vmap(lambda k: jax.random.permutation(k, N))(jax.random.split(k_order, B)).astype(jnp.int32)
+    def shuffle(a):
+        return None if a is None else jnp.take_along_axis(a, order.reshape((B, N) + (1,) * (a.ndim - 2)), axis=1)
+    views, depths, intrinsics, c2w = shuffle(views), shuffle(depths), shuffle(intrinsics), shuffle(c2w)
+    num_refs = jax.random.randint(k_refs, (B,), min_refs, max_refs + 1)
+    is_reference = jnp.arange(N)[None, :] < num_refs[:, None]
+
+    if config.variant == "posed_warp":
+        warped, pixel_masks = forward_warp_references(views, depths, intrinsics, c2w, is_reference)
+    else:
+        pixel_masks = random_masks(k_masks, B * N, H, W, config.masks).reshape(B, N, H, W, 1)
+        warped = views
+    pixel_masks = jnp.where(is_reference[:, :, None, None, None], 1.0, pixel_masks)
+    filled = fill_holes(warped, pixel_masks)
+
+    if encode_fn is None:
+        x0, clean_condition = views, filled
+    else:
+        both = encode_fn(jnp.concatenate([views, filled], axis=1))
+        x0, clean_condition = both[:, :N], both[:, N:]
+    masks = resize_masks_nearest(pixel_masks, x0.shape[2], x0.shape[3])
+
+    t = jax.random.randint(k_t, (B,), 0, schedule.num_train_timesteps).astype(jnp.int32)
+    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    ref = is_reference[:, :, None, None, None]
+    x_t = jnp.where(ref, x0, add_noise(schedule, x0, noise, t))
+    condition_noise = jax.random.normal(k_cond, x0.shape, x0.dtype)
+    condition, masks = visual_condition(schedule, x_t, clean_condition, masks, is_reference, t, condition_noise, config)
+    return TrainingBatch(
+        x0=x0,
+        noise=noise,
+        t=t,
+        x_t=x_t,
+        condition=condition,
+        mask=masks,
+        is_reference=is_reference,
+        loss_mask=(~is_reference).astype(jnp.float32),
+        view_order=order,
+    )

@@ -1,0 +1,185 @@
+"""Noise schedules of the diffusion process (JAX side).
+
+A schedule is the table `alphas_cumprod[t]` (written abar_t) for integer timesteps
+t in [0, T-1]. Forward process:
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                      (add_noise)
+    v_t = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0                       (velocity)
+
+The tables are built once in numpy (float64, then stored as float32) so they equal diffusers'
+`DDIMScheduler` tables to ~1e-7, and live in a small pytree (`NoiseSchedule`) that can be
+passed through `jax.jit`. Every function below takes integer timesteps `t` of shape [B]
+(or a scalar) and data of shape [B, ...] (e.g. [B, V, H, W, C]); the per-timestep
+coefficients broadcast over all trailing axes.
+
+The released See3D weights use the SD schedule (`scaled_linear`, 0.00085..0.012, 1000 steps)
+with zero-terminal-SNR rescaling: `make_noise_schedule(ScheduleConfig.see3d())`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BetaSchedule = Literal["scaled_linear", "linear", "cosine"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """How to build the beta table (names and meanings as in diffusers' scheduler configs).
+
+    beta_schedule: "scaled_linear" (linear in sqrt(beta), Stable Diffusion), "linear" (DDPM) or
+        "cosine" (Nichol & Dhariwal's squared-cosine abar, betas capped at 0.999).
+    rescale_zero_terminal_snr: shift/scale sqrt(abar) so that abar_{T-1} = 0 exactly
+        (Lin et al. 2023, Algorithm 1); the released See3D sampler uses it.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: BetaSchedule = "scaled_linear"
+    rescale_zero_terminal_snr: bool = False
+
+    @classmethod
+    def see3d(cls) -> "ScheduleConfig":
+        """The schedule the released See3D weights expect (SPEC.md section 2)."""
+        return cls(rescale_zero_terminal_snr=True)
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict) -> "ScheduleConfig":
+        """Read a diffusers `scheduler_config.json` dictionary (unknown keys are ignored)."""
+        if config.get("trained_betas") is not None:
+            raise ValueError("scheduler config: 'trained_betas' is not supported; expected a named beta_schedule")
+        schedule = config.get("beta_schedule", "linear")
+        if schedule == "squaredcos_cap_v2":
+            schedule = "cosine"
+        return cls(
+            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            beta_start=float(config.get("beta_start", 0.0001)),
+            beta_end=float(config.get("beta_end", 0.02)),
+            beta_schedule=schedule,
+            rescale_zero_terminal_snr=bool(config.get("rescale_betas_zero_snr", False)),
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NoiseSchedule:
+    """The tables of a schedule: `betas` [T] and `alphas_cumprod` [T] (abar_t), float32."""
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+
+def beta_table(config: ScheduleConfig) -> np.ndarray:
+    """The betas [T] of `config` as float64 numpy (the exact table; see `make_noise_schedule`)."""
+    T = config.num_train_timesteps
+    if T < 2:
+        raise ValueError(f"num_train_timesteps: expected >= 2, got {T}")
+    if config.beta_schedule == "scaled_linear":
+        betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, T, dtype=np.float64) ** 2
+    elif config.beta_schedule == "linear":
+        betas = np.linspace(config.beta_start, config.beta_end, T, dtype=np.float64)
+    elif config.beta_schedule == "cosine":
+        def abar(s):
+            return np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        steps = np.arange(T, dtype=np.float64)
+        betas = np.minimum(1.0 - abar((steps + 1) / T) / abar(steps / T), 0.999)
+    else:
+        raise ValueError(
+            f"beta_schedule: expected 'scaled_linear', 'linear' or 'cosine', got {config.beta_schedule!r}"
+        )
+    if config.rescale_zero_terminal_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Rescale betas so the last timestep has zero SNR (abar_{T-1} = 0) and abar_0 is unchanged.
+
+    Works on sqrt(abar): subtract its last value, then scale so the first value is restored.
+    """
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    abar = sqrt_abar**2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
+def make_noise_schedule(config: ScheduleConfig = ScheduleConfig.see3d()) -> NoiseSchedule:
+    """Build the schedule tables (float32 jax arrays) from `config`."""
+    betas = beta_table(config)
+    abar = np.cumprod(1.0 - betas)
+    return NoiseSchedule(betas=jnp.asarray(betas, jnp.float32), alphas_cumprod=jnp.asarray(abar, jnp.float32))
+
+
+def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
+    """Reshape per-sample coefficients [B] (or a scalar) to broadcast against `like` [B, ...]."""
+    values = jnp.asarray(values, like.dtype)
+    if values.ndim == 0:
+        return values
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def alpha_sigma(schedule: NoiseSchedule, t: jax.Array, like: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)) for integer timesteps t, shaped to broadcast with `like`."""
+    abar = schedule.alphas_cumprod[jnp.asarray(t, jnp.int32)]
+    return _per_sample(jnp.sqrt(abar), like), _per_sample(jnp.sqrt(1.0 - abar), like)
+
+
+def add_noise(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; x0, noise [B, ...], t int [B] or scalar."""
+    a, s = alpha_sigma(schedule, t, x0)
+    return a * x0 + s * noise
+
+
+def velocity(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+    """v_t = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (the v-prediction target)."""
+    a, s = alpha_sigma(schedule, t, x0)
+    return a * noise - s * x0
+
+
+def training_target(
+    schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, t: jax.Array, prediction_type: PredictionType
+) -> jax.Array:
+    """What a model of `prediction_type` should output for x_t = add_noise(x0, noise, t)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return velocity(schedule, x0, noise, t)
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def split_prediction(
+    schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array, model_output: jax.Array, prediction_type: PredictionType
+) -> tuple[jax.Array, jax.Array]:
+    """Convert a model output to (predicted x0, predicted eps) given x_t at timestep t.
+
+    epsilon:      x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)
+    v_prediction: x0 = sqrt(abar) x_t - sqrt(1-abar) v,  eps = sqrt(abar) v + sqrt(1-abar) x_t
+    sample:       eps = (x_t - sqrt(abar) x0) / sqrt(1-abar)
+    (epsilon is undefined where abar = 0, i.e. t = T-1 under zero terminal SNR: use v.)
+    """
+    a, s = alpha_sigma(schedule, t, x_t)
+    if prediction_type == "epsilon":
+        return (x_t - s * model_output) / a, model_output
+    if prediction_type == "v_prediction":
+        return a * x_t - s * model_output, a * model_output + s * x_t
+    if prediction_type == "sample":
+        return model_output, (x_t - a * model_output) / s
+    raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
