@@ -2,7 +2,13 @@
 
 Subcommands import their side of the kit lazily, so `see3d --help` needs neither torch nor jax.
 
-- `see3d demo [--out DIR]`: the kit's main job on a built-in default.
+- `see3d demo [--out DIR]`: the whole pipeline on the built-in default: one synthetic view,
+  generated views along an orbit (the embedded small model), Gaussian Splatting, metrics
+  against the scene's true views (and the warp-only baseline's), an HTML report.
+- `see3d generate IMAGE... --trajectory orbit|forward|spiral|interpolate|FILE --weights DIR
+  --out DIR`: warp-and-align generation from your own images (one view, or 2 to 6 with
+  `--cameras cameras.json` or estimated cameras).
+- `see3d reconstruct RUN_DIR --out DIR`: Gaussian Splatting on the views of a `generate` run.
 - `see3d world --out DIR`: render a synthetic scene along a trajectory as a clip dataset.
 """
 
@@ -16,6 +22,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+BACKENDS = ("auto", "pipeline", "unet", "jax", "warp-only")
 
 
 def _depth_to_rgb(depth: np.ndarray, far: float) -> np.ndarray:
@@ -77,36 +85,167 @@ def render_world(out: Path, seed: int, num_frames: int, size: int, trajectory: s
     }
 
 
+def _print_summary(title: str, summary: dict, seconds: float) -> None:
+    summary = {**summary, "seconds": round(seconds, 2)}
+    print(f"{title}:", file=sys.stderr)
+    print(json.dumps(summary, indent=1))
+
+
 def _cmd_world(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = render_world(Path(args.out), args.seed, args.frames, args.size, args.trajectory, args.overwrite)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(summary, indent=1))
+    _print_summary("see3d world wrote", summary, time.perf_counter() - t0)
+    return 0
+
+
+def _depth_estimator(depth_model: str | None):
+    from see3d_torch.mono_depth import DepthAnything
+
+    if depth_model is None:
+        raise ValueError(
+            "generation needs a monocular depth model: pass --depth-model DIR, a local Depth Anything folder, e.g. after "
+            "`huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir DIR` (nothing is downloaded at run time)"
+        )
+    return DepthAnything(depth_model)
+
+
+def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int | None = None):
+    """The model behind the generation loop, chosen by `--backend` (or by the folder's layout
+    with `auto`); each framework is imported only when chosen."""
+    if kind == "warp-only":
+        from see3d_torch.generation.backends import WarpOnlyBackend
+
+        return WarpOnlyBackend()
+    if weights is None:
+        raise ValueError(f"--backend {kind} needs --weights DIR (or use --backend warp-only)")
+    folder = Path(weights)
+    if not folder.exists():
+        raise FileNotFoundError(f"--weights folder not found: {folder}")
+    if kind == "auto":
+        if (folder / "model_index.json").is_file():
+            kind = "pipeline"
+        elif (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            kind = "unet"
+        elif (folder / "flax_config.json").is_file() or (folder / "_CHECKPOINT_METADATA").exists():
+            kind = "jax"
+        else:
+            raise ValueError(
+                f"--weights {folder}: not a released See3D folder (model_index.json), a torch UNet folder "
+                "(config.json + *.safetensors) or a Flax checkpoint; pass --backend to say which"
+            )
+    if kind == "pipeline":
+        from see3d_torch.generation.backends import See3DPipelineBackend
+
+        return See3DPipelineBackend(folder, device=device, **({"num_inference_steps": steps} if steps else {}))
+    if kind == "unet":
+        from see3d_torch.generation.backends import TorchUNetBackend
+
+        return TorchUNetBackend(folder, device=device, **({"num_inference_steps": steps} if steps else {}))
+    if kind == "jax":
+        from see3d_jax.generation_backend import JaxSamplerBackend
+
+        return JaxSamplerBackend(folder, **({"num_inference_steps": steps} if steps else {}))
+    raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from see3d_torch.generation import inputs
+    from see3d_torch.generation.loop import GenerationConfig, generate_views
+    from see3d_torch.generation.report import image_grid, read_image, write_png
+
+    t0 = time.perf_counter()
+    if not 1 <= len(args.images) <= 6:
+        raise ValueError(f"give 1 image (single view) or 2 to 6 images (sparse views), got {len(args.images)}")
+    images = [read_image(p) for p in args.images]
+    if args.cameras:
+        cams = inputs.load_input_cameras(args.cameras, images)
+    elif len(images) == 1:
+        cams = [inputs.default_camera(images[0].shape[1], images[0].shape[0], args.fov)]
+    else:
+        cams = inputs.estimate_cameras(images, args.fov)
+    backend = load_backend(args.backend, args.weights, args.device, args.steps)
+    estimator = _depth_estimator(args.depth_model)
+    first_depth = estimator.predict(images[0], cams[0])
+    first_depth = np.asarray(first_depth.detach().cpu() if hasattr(first_depth, "detach") else first_depth)
+    if getattr(estimator, "output_space", "depth") == "disparity":
+        first_depth = 1.0 / np.maximum(first_depth, 1e-3 * first_depth.max())
+    if len(images) > 1:  # estimated cameras are in units of the first baseline, not of the depth
+        focus = float(np.median([np.linalg.norm(c.center - cams[0].center) for c in cams[1:]])) * 4.0
+    else:
+        focus = float(np.median(first_depth))
+    targets = inputs.build_trajectory(args.trajectory, cams, focus, args.views)
+    config = GenerationConfig(num_anchors=args.anchors, seed=args.seed)
+    result = generate_views(images, cams, targets, backend, estimator, config, show_progress=True)
+    out = Path(args.out)
+    written = result.save(out)
+    picks = result.generated[:: max(1, len(result.generated) // 6)][:6]
+    write_png(out / "grid.png", image_grid([[result.conditions[i] for i in picks], [result.images[i] for i in picks]]))
+    written["grid"] = str(out / "grid.png")
+    _print_summary("see3d generate wrote", {**written, "inputs": len(images), "generated": int(len(result.generated)),
+                                            "backend": backend.name}, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from see3d_torch.generation.demo import reconstruct_run
+
+    t0 = time.perf_counter()
+    written = reconstruct_run(Path(args.run), Path(args.out), steps=args.steps)
+    _print_summary("see3d reconstruct wrote", written, time.perf_counter() - t0)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return _cmd_world(args)
+    from see3d_torch.generation.demo import DemoConfig, run_demo
+
+    t0 = time.perf_counter()
+    config = DemoConfig(seed=args.seed, num_views=args.views, splat_steps=args.splat_steps, checkpoint=args.weights)
+    written = run_demo(Path(args.out), config)
+    _print_summary("see3d demo wrote", written, time.perf_counter() - t0)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="see3d", description="See3D research kit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def world_args(p: argparse.ArgumentParser, out_default: str | None) -> None:
-        p.add_argument("--out", default=out_default, required=out_default is None, help="output directory")
-        p.add_argument("--seed", type=int, default=0, help="scene seed")
-        p.add_argument("--frames", type=int, default=24, help="number of views")
-        p.add_argument("--size", type=int, default=256, help="image width and height")
-        p.add_argument("--trajectory", default="orbit", help="orbit, forward, spiral, or a trajectory file (.json / RealEstate10K .txt)")
-        p.add_argument("--overwrite", action="store_true", default=out_default is not None,
-                       help="replace an existing output (the default for `demo`)")
-
-    demo = sub.add_parser("demo", help="run the kit's main job on the built-in default")
-    world_args(demo, "outputs/demo")
+    demo = sub.add_parser("demo", help="the whole pipeline on a synthetic scene: generate, splat, measure, report")
+    demo.add_argument("--out", default="outputs/demo", help="output directory (replaced files are overwritten)")
+    demo.add_argument("--seed", type=int, default=0, help="scene seed")
+    demo.add_argument("--views", type=int, default=9, help="views along the orbit, the input included")
+    demo.add_argument("--splat-steps", type=int, default=None, help="Gaussian Splatting steps (default: the demo's)")
+    demo.add_argument("--weights", default=None, help="a torch UNet folder instead of the embedded small checkpoint")
     demo.set_defaults(func=_cmd_demo)
+
+    gen = sub.add_parser("generate", help="generate views along a trajectory from 1 to 6 images")
+    gen.add_argument("images", nargs="+", help="input image files (1: single view; 2 to 6: sparse views)")
+    gen.add_argument("--trajectory", default="orbit", help="orbit, forward, spiral, interpolate (sparse views) or a trajectory file")
+    gen.add_argument("--weights", default=None, help="released See3D folder (e.g. MVD_weights), torch UNet folder or Flax checkpoint")
+    gen.add_argument("--backend", default="auto", choices=BACKENDS, help="which model runs (auto: from the --weights layout)")
+    gen.add_argument("--out", required=True, help="output directory")
+    gen.add_argument("--cameras", default=None, help="JSON cameras of the input images (trajectory format, one frame per image)")
+    gen.add_argument("--depth-model", default=None, help="local Depth Anything folder (transformers format)")
+    gen.add_argument("--views", type=int, default=8, help="number of trajectory views")
+    gen.add_argument("--anchors", type=int, default=2, help="anchor views per iteration")
+    gen.add_argument("--fov", type=float, default=60.0, help="horizontal field of view (degrees) assumed without --cameras")
+    gen.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the backend's)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    gen.set_defaults(func=_cmd_generate)
+
+    rec = sub.add_parser("reconstruct", help="Gaussian Splatting on the views of a `see3d generate` run")
+    rec.add_argument("run", help="output directory of `see3d generate`")
+    rec.add_argument("--out", required=True, help="output directory")
+    rec.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    rec.set_defaults(func=_cmd_reconstruct)
+
     world = sub.add_parser("world", help="render a synthetic scene as a clip dataset with previews")
-    world_args(world, None)
+    world.add_argument("--out", required=True, help="output directory")
+    world.add_argument("--seed", type=int, default=0, help="scene seed")
+    world.add_argument("--frames", type=int, default=24, help="number of views")
+    world.add_argument("--size", type=int, default=256, help="image width and height")
+    world.add_argument("--trajectory", default="orbit", help="orbit, forward, spiral, or a trajectory file (.json / RealEstate10K .txt)")
+    world.add_argument("--overwrite", action="store_true", help="replace an existing output")
     world.set_defaults(func=_cmd_world)
     return parser
 

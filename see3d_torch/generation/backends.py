@@ -1,0 +1,107 @@
+"""The multi-view model behind the generation loop, as a small protocol over numpy arrays.
+
+The loop (`see3d_torch.generation.loop`) never sees a framework: it hands a backend the anchor
+views and the warped target views with their masks, and gets the generated target views back.
+Backends:
+
+- `WarpOnlyBackend`: no model; the warped views (holes filled by OpenCV inpainting) are the
+  output. The baseline every model must beat.
+- `TorchUNetBackend`: a multi-view UNet checkpoint folder in torch (`config.json` +
+  safetensors; the demo's small pixel-space model converted from Flax), sampled with the
+  See3D inference condition (Eq. 20) and DDIM.
+- `See3DPipelineBackend`: the released See3D weights through `see3d_torch.pipeline`.
+- `see3d_jax.generation_backend.JaxSamplerBackend`: a Flax checkpoint sampled in JAX (lives on
+  the JAX side; it never imports torch, and this module never imports jax).
+
+Array conventions (every backend): images float32 [N, H, W, 3] in [0, 1]; masks float32
+[N, H, W] with 1 = known pixel, 0 = hole (warped images are black in holes); cameras are
+`see3d_core.cameras.Camera` (See3D itself ignores them: it is pose-free).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import cv2
+import numpy as np
+
+from see3d_core.cameras import Camera
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps total)
+
+
+@runtime_checkable
+class MultiViewBackend(Protocol):
+    """What the generation loop needs from a multi-view model."""
+
+    name: str
+    image_size: tuple[int, int] | None  # (height, width) the model works at; None: any size
+    max_views: int  # references + targets the model takes in one call
+
+    def generate(
+        self,
+        reference_images: np.ndarray,
+        target_images: np.ndarray,
+        target_masks: np.ndarray,
+        *,
+        reference_cameras: Sequence[Camera],
+        target_cameras: Sequence[Camera],
+        seed: int,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Generated target views [T, H, W, 3] in [0, 1], same size as `target_images`."""
+        ...
+
+
+def check_request(reference_images: np.ndarray, target_images: np.ndarray, target_masks: np.ndarray) -> None:
+    """Raise a ValueError naming the argument whose shape or range breaks the convention."""
+    for name, arr in (("reference_images", reference_images), ("target_images", target_images)):
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"{name} must be [N, H, W, 3], got shape {arr.shape}")
+        if arr.size and (arr.min() < -1e-3 or arr.max() > 1 + 1e-3):
+            raise ValueError(f"{name} must be in [0, 1], got range [{arr.min():.3f}, {arr.max():.3f}]")
+    if target_masks.shape != target_images.shape[:3]:
+        raise ValueError(f"target_masks must be [T, H, W] = {target_images.shape[:3]}, got {target_masks.shape}")
+    if reference_images.shape[1:3] != target_images.shape[1:3]:
+        raise ValueError(f"reference and target images differ in size: {reference_images.shape[1:3]} vs {target_images.shape[1:3]}")
+
+
+def inpaint_holes(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Fill the holes (mask 0) of an image in [0, 1] with OpenCV's Telea inpainting."""
+    holes = (mask < 0.5).astype(np.uint8)
+    if not holes.any():
+        return image.astype(np.float32)
+    if holes.all():  # nothing to propagate from
+        return np.full_like(image, 0.5, dtype=np.float32)
+    img8 = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    filled = cv2.inpaint(img8, holes, radius, cv2.INPAINT_TELEA).astype(np.float32) / 255.0
+    out = np.where(holes[..., None] > 0, filled, image)  # known pixels stay exact
+    return out.astype(np.float32)
+
+
+class WarpOnlyBackend:
+    """No model: the warped target views are the output, holes filled by inpainting
+    (`hole_fill="inpaint"`, what a fair baseline does) or left black (`"black"`)."""
+
+    name = "warp-only"
+    image_size = None
+
+    def __init__(self, max_views: int = 8, hole_fill: str = "inpaint"):
+        if hole_fill not in ("inpaint", "black"):
+            raise ValueError(f"hole_fill must be 'inpaint' or 'black', got {hole_fill!r}")
+        self.max_views = int(max_views)
+        self.hole_fill = hole_fill
+
+    def generate(self, reference_images, target_images, target_masks, *, reference_cameras, target_cameras, seed, progress=None):
+        check_request(reference_images, target_images, target_masks)
+        out = []
+        for i, (img, mask) in enumerate(zip(target_images, target_masks)):
+            out.append(inpaint_holes(img, mask) if self.hole_fill == "inpaint" else img * (mask[..., None] > 0.5))
+            if progress is not None:
+                progress(i + 1, len(target_images))
+        return np.stack(out).astype(np.float32) if out else np.zeros_like(target_images)
+
+
+def _missing(what: str, path: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"{what} not found: {path}")

@@ -1,0 +1,143 @@
+"""The user's side of generation: input cameras (given, assumed or estimated) and the
+trajectory to generate along.
+
+- One image without a camera: a pinhole with a default field of view at the world origin
+  (identity `c2w`); depth from the monocular estimator fixes the scene's scale.
+- Sparse views (2 to 6 images): cameras from a JSON file (the trajectory format, one frame per
+  image, in the order given), or estimated here from two-view geometry: SIFT matches, the
+  essential matrix between the first two views (their baseline is the unit of length), points
+  triangulated from them, and every further view registered by PnP on those points.
+- Trajectories by name, relative to the first input camera and a focus distance (the median
+  depth of the first view): `orbit` (+-30 degrees around the focus point), `forward` (dolly
+  by half the focus distance), `spiral` (LLFF-style), `interpolate` (through the input
+  cameras), or a trajectory file (JSON / RealEstate10K).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from see3d_core import trajectories
+from see3d_core.cameras import Camera, intrinsics_from_fov, invert_pose
+
+TRAJECTORY_NAMES = ("orbit", "forward", "spiral", "interpolate")
+
+
+def default_camera(width: int, height: int, fov_x_deg: float = 60.0) -> Camera:
+    """The camera assumed for an image without one: centred principal point, identity pose."""
+    return Camera(intrinsics_from_fov(fov_x_deg, width, height), np.eye(4), width, height)
+
+
+def load_input_cameras(path: str | Path, images: Sequence[np.ndarray]) -> list[Camera]:
+    """Cameras for the input images from a trajectory JSON file, one frame per image; resized
+    to each image's size when the file states another size."""
+    cams = trajectories.load_json(path)
+    if len(cams) != len(images):
+        raise ValueError(f"{path}: has {len(cams)} cameras for {len(images)} input images; expected one per image, in order")
+    return [c.resized(img.shape[1], img.shape[0]) if (c.width, c.height) != (img.shape[1], img.shape[0]) else c
+            for c, img in zip(cams, images)]
+
+
+def _sift(gray: np.ndarray):
+    sift = cv2.SIFT_create(nfeatures=4000)
+    return sift.detectAndCompute(gray, None)
+
+
+def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8) -> list[tuple[int, int]]:
+    if desc_a is None or desc_b is None or len(desc_a) < 2 or len(desc_b) < 2:
+        return []
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    forward = matcher.knnMatch(desc_a, desc_b, k=2)
+    backward = {m.queryIdx: m.trainIdx for m in matcher.match(desc_b, desc_a)}
+    return [(m.queryIdx, m.trainIdx) for m, n2 in (p for p in forward if len(p) == 2)
+            if m.distance < ratio * n2.distance and backward.get(m.trainIdx) == m.queryIdx]
+
+
+def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, min_matches: int = 30) -> list[Camera]:
+    """Cameras for 2+ images of a static scene by two-view geometry and PnP (OpenCV).
+
+    The first camera is the world origin and the first two centres are one unit apart. All
+    images share the intrinsics of `fov_x_deg`. Raises ValueError naming the image that could
+    not be registered (too few matches): pass cameras in a JSON file then."""
+    if len(images) < 2:
+        raise ValueError(f"estimating cameras needs at least 2 images, got {len(images)}")
+    h, w = images[0].shape[:2]
+    if any(img.shape[:2] != (h, w) for img in images):
+        raise ValueError("estimating cameras needs images of one size; resize them first")
+    K = intrinsics_from_fov(fov_x_deg, w, h)
+    feats = [_sift(cv2.cvtColor((np.clip(img, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)) for img in images]
+    kp0, d0 = feats[0]
+    kp1, d1 = feats[1]
+    pairs = _ratio_matches(d0, d1)
+    if len(pairs) < min_matches:
+        raise ValueError(f"input images 0 and 1 share only {len(pairs)} SIFT matches (need {min_matches}); pass --cameras")
+    p0 = np.float64([kp0[i].pt for i, _ in pairs])
+    p1 = np.float64([kp1[j].pt for _, j in pairs])
+    E, inliers = cv2.findEssentialMat(p0, p1, K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+    if E is None or E.shape != (3, 3):
+        raise ValueError("input images 0 and 1: no essential matrix found; pass --cameras")
+    _, R, t, pose_mask = cv2.recoverPose(E, p0, p1, K, mask=inliers.copy())
+    good = pose_mask.ravel() > 0
+    w2c1 = np.eye(4)
+    w2c1[:3, :3], w2c1[:3, 3] = R, t.ravel() / np.linalg.norm(t)
+    P0 = K @ np.eye(4)[:3]
+    P1 = K @ w2c1[:3]
+    X = cv2.triangulatePoints(P0, P1, p0[good].T, p1[good].T)
+    X = (X[:3] / X[3]).T
+    in_front = (X[:, 2] > 0) & ((X @ w2c1[2, :3] + w2c1[2, 3]) > 0)
+    points = {pairs[k][0]: X[n] for n, k in enumerate(np.flatnonzero(good)) if in_front[n]}
+    cams = [Camera(K, np.eye(4), w, h), Camera(K, invert_pose(w2c1), w, h)]
+    for k in range(2, len(images)):
+        kpk, dk = feats[k]
+        obj, img_pts = [], []
+        for i, j in _ratio_matches(d0, dk):
+            if i in points:
+                obj.append(points[i])
+                img_pts.append(kpk[j].pt)
+        if len(obj) < 6:
+            raise ValueError(f"input image {k}: only {len(obj)} matches with triangulated points (need 6); pass --cameras")
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(np.float64(obj), np.float64(img_pts), K, None, reprojectionError=2.0,
+                                                 iterationsCount=1000)
+        if not ok or inl is None or len(inl) < 6:
+            raise ValueError(f"input image {k}: PnP failed; pass --cameras")
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = cv2.Rodrigues(rvec)[0], tvec.ravel()
+        cams.append(Camera(K, invert_pose(w2c), w, h))
+    return cams
+
+
+def build_trajectory(name: str, inputs: Sequence[Camera], focus_distance: float, num_views: int) -> list[Camera]:
+    """Target cameras along a named trajectory (see the module docstring) or a file; cameras
+    that coincide with an input camera are dropped (those views are known)."""
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if focus_distance <= 0:
+        raise ValueError(f"focus_distance must be positive, got {focus_distance}")
+    start = inputs[0]
+    if name == "orbit":
+        # an orbit in the start camera's frame (looking at +z), then placed in the world
+        local = trajectories.orbit([0.0, 0.0, focus_distance], focus_distance, num_views, start.K, start.width, start.height,
+                                   azimuth_deg=(-30.0, 30.0), elevation_deg=0.0, endpoint=True)
+        cams = [Camera(start.K, start.c2w @ c.c2w, start.width, start.height) for c in local]
+    elif name == "forward":
+        cams = trajectories.forward(start, 0.5 * focus_distance, num_views + 1)[1:]
+    elif name == "spiral":
+        cams = trajectories.spiral(start, focus_distance, num_views, radius_xy=0.15 * focus_distance,
+                                   depth_amplitude=0.1 * focus_distance, rotations=1.0)
+    elif name == "interpolate":
+        if len(inputs) < 2:
+            raise ValueError("trajectory 'interpolate' passes through the input cameras: it needs 2 or more inputs")
+        cams = trajectories.interpolate(list(inputs), num_views)
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"trajectory must be one of {', '.join(TRAJECTORY_NAMES)} or an existing file; got {name!r}")
+        cams = [c.resized(start.width, start.height) if (c.width, c.height) != (start.width, start.height) else c
+                for c in trajectories.load(path, start.width, start.height)]
+    tol = 1e-6 * max(1.0, focus_distance)
+    return [c for c in cams if not any(np.linalg.norm(c.c2w - i.c2w) < tol for i in inputs)]
+

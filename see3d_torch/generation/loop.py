@@ -1,0 +1,330 @@
+"""Iterative warp-and-align generation (Fig. 4 of the paper), on top of a multi-view backend.
+
+One iteration:
+1. take the next targets of the trajectory (nearest to what is known, `anchors.next_targets`);
+2. choose the anchors: the known views nearest to those targets (`anchors.choose_anchors`);
+3. give every anchor a metric depth once: monocular depth, aligned per keypoint (Eq. 15:
+   SIFT matches with other known views, triangulated through their cameras), then densified
+   by LWLR (Eq. 16-17); the first input view of a single-view run keeps its monocular depth,
+   which fixes the scene's scale;
+4. forward-warp every anchor into every target (Eq. 18-19) and keep, per pixel, the nearest
+   surface over anchors: the warped image (holes black) and its mask (1 = known) are the
+   visual condition, without random masking (Eq. 20);
+5. the backend generates the targets (Eq. 21); they become known views, hence anchors later.
+
+`generate_views` returns a `GenerationResult` (views, cameras, depths, masks, the condition
+images used, and what happened in each iteration); `GenerationResult.save` writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from see3d_core import trajectories
+from see3d_core.cameras import Camera
+from see3d_torch.generation import anchors as anchor_choice
+from see3d_torch.generation.backends import MultiViewBackend
+
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Knobs of the loop. `targets_per_iteration=None` fills the backend's `max_views`."""
+
+    num_anchors: int = 2
+    targets_per_iteration: int | None = None
+    seed: int = 0
+    match_method: str = "sift"
+    min_keypoints: int = 12  # fewer aligned keypoints than this: fall back to the warped depth
+    lwlr_bandwidth: float = 50.0  # pixels at 512 px; scaled with the image size
+    max_alignment_partners: int = 3  # known views matched against a new anchor
+
+    def __post_init__(self):
+        if self.num_anchors < 1:
+            raise ValueError(f"num_anchors must be >= 1, got {self.num_anchors}")
+        if self.targets_per_iteration is not None and self.targets_per_iteration < 1:
+            raise ValueError(f"targets_per_iteration must be >= 1, got {self.targets_per_iteration}")
+
+
+@dataclasses.dataclass
+class Iteration:
+    """What one iteration did (indices are positions in `GenerationResult`)."""
+
+    targets: list[int]
+    anchors: list[int]
+    known_fraction: list[float]  # per target: fraction of pixels the warp covered
+    seconds: float
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """All views of a run: the inputs first, then the trajectory's targets in order.
+
+    images/conditions [N, H, W, 3] float32 in [0, 1]; depths [N, H, W] float32 z-depth;
+    masks [N, H, W] float32 (1 = known in the condition; all ones for inputs)."""
+
+    images: np.ndarray
+    cameras: list[Camera]
+    depths: np.ndarray
+    masks: np.ndarray
+    conditions: np.ndarray
+    is_input: np.ndarray  # [N] bool
+    depth_sources: list[str]  # per view: how its depth was obtained
+    iterations: list[Iteration]
+    backend: str
+    seed: int
+
+    @property
+    def generated(self) -> np.ndarray:
+        return np.flatnonzero(~self.is_input)
+
+    def save(self, out: str | os.PathLike) -> dict[str, str]:
+        """Write views/, depths/ (.npy), masks/, conditions/ (PNG), cameras.json and
+        generation.json under `out`; returns the paths written by kind."""
+        from see3d_torch.generation.report import depth_to_rgb, write_png
+
+        out = Path(out)
+        for sub in ("views", "depths", "masks", "conditions"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        far = float(np.percentile(self.depths, 95)) if self.depths.size else 1.0
+        for i in range(len(self.cameras)):
+            write_png(out / "views" / f"view_{i:03d}.png", self.images[i])
+            write_png(out / "conditions" / f"condition_{i:03d}.png", self.conditions[i])
+            write_png(out / "masks" / f"mask_{i:03d}.png", np.repeat(self.masks[i][..., None], 3, axis=-1))
+            np.save(out / "depths" / f"depth_{i:03d}.npy", self.depths[i].astype(np.float32))
+            write_png(out / "depths" / f"depth_{i:03d}.png", depth_to_rgb(self.depths[i], far))
+        trajectories.save_json(out / "cameras.json", self.cameras)
+        record = {
+            "backend": self.backend,
+            "seed": self.seed,
+            "views": [
+                {"index": i, "input": bool(self.is_input[i]), "depth_source": self.depth_sources[i],
+                 "known_fraction": float(self.masks[i].mean())}
+                for i in range(len(self.cameras))
+            ],
+            "iterations": [dataclasses.asdict(it) for it in self.iterations],
+        }
+        (out / "generation.json").write_text(json.dumps(record, indent=1))
+        return {"views": str(out / "views"), "depths": str(out / "depths"), "masks": str(out / "masks"),
+                "conditions": str(out / "conditions"), "cameras": str(out / "cameras.json"),
+                "record": str(out / "generation.json")}
+
+
+# --- geometry steps (built on see3d_torch.depth / warp / features) ------------------------------
+
+def warp_anchors(
+    anchor_images: Sequence[np.ndarray], anchor_depths: Sequence[np.ndarray], anchor_cameras: Sequence[Camera], target: Camera
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward-warp every anchor into `target`; per pixel keep the nearest surface.
+
+    Returns the warped image [H, W, 3] (black in holes), the mask [H, W] (1 = known) and the
+    warped z-depth in the target camera [H, W] (0 in holes)."""
+    from see3d_torch.warp import forward_warp
+
+    h, w = target.height, target.width
+    best_z = torch.full((h, w), float("inf"))
+    image = torch.zeros(h, w, 3)
+    for img, depth, cam in zip(anchor_images, anchor_depths, anchor_cameras):
+        src_to_dst = target.w2c @ cam.c2w
+        d = torch.from_numpy(np.asarray(depth, dtype=np.float32))
+        # carry each source pixel's depth in the target camera along with its colour, so the
+        # merge over anchors (and the warped depth) uses the target's z, not the source's
+        ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=torch.float32), torch.arange(cam.width, dtype=torch.float32), indexing="ij")
+        K = torch.from_numpy(cam.K).float()
+        x_cam = torch.stack([(xs - K[0, 2]) / K[0, 0] * d, (ys - K[1, 2]) / K[1, 1] * d, d], dim=-1)
+        T = torch.from_numpy(src_to_dst).float()
+        z_dst = x_cam @ T[2, :3] + T[2, 3]
+        channels = torch.cat([torch.from_numpy(np.asarray(img, dtype=np.float32)), z_dst[..., None]], dim=-1)
+        warped, known = forward_warp(
+            channels.permute(2, 0, 1)[None], d[None, None],
+            torch.from_numpy(cam.K).float()[None], torch.from_numpy(target.K).float()[None], T[None],
+            out_size=(h, w),
+        )
+        warped = warped[0].permute(1, 2, 0)
+        known = known[0, 0] > 0.5
+        closer = known & (warped[..., 3] < best_z)
+        best_z = torch.where(closer, warped[..., 3], best_z)
+        image = torch.where(closer[..., None], warped[..., :3], image)
+    mask = torch.isfinite(best_z)
+    warped_depth = torch.where(mask, best_z, torch.zeros(()))
+    return image.clamp(0, 1).numpy(), mask.float().numpy(), warped_depth.numpy()
+
+
+def keypoint_alignment(
+    image: np.ndarray, camera: Camera, partners: Sequence[tuple[np.ndarray, Camera]], method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 15: metric depths of the view's keypoints from matches with views whose cameras are
+    known (outliers dropped). Returns uv [K, 2] and depths [K] (empty when nothing matched)."""
+    from see3d_torch.depth import keypoint_depths
+    from see3d_torch.features import match
+
+    uvs, depths = [], []
+    for partner_image, partner_camera in partners:
+        uv_self, uv_other = match(image, partner_image, method=method)
+        uv_self, uv_other = (torch.as_tensor(np.asarray(u), dtype=torch.float64).reshape(-1, 2) for u in (uv_self, uv_other))
+        if len(uv_self) == 0:
+            continue
+        z, inlier = keypoint_depths(uv_self, uv_other, torch.from_numpy(camera.K), torch.from_numpy(partner_camera.K),
+                                    torch.from_numpy(partner_camera.w2c @ camera.c2w))
+        uvs.append(uv_self[inlier].numpy())
+        depths.append(z[inlier].double().numpy())
+    if not uvs:
+        return np.zeros((0, 2)), np.zeros(0)
+    return np.concatenate(uvs), np.concatenate(depths)
+
+
+def align_depth(mono: np.ndarray, uv: np.ndarray, sparse_depth: np.ndarray, bandwidth: float, space: str = "depth") -> np.ndarray:
+    """Global scale/shift, then LWLR (Eq. 16-17) through `see3d_torch.depth.lwlr_align`;
+    `space` says whether `mono` is a depth or a disparity (the estimator's `output_space`)."""
+    from see3d_torch.depth import lwlr_align
+
+    dense = lwlr_align(torch.from_numpy(mono.astype(np.float32)), torch.from_numpy(uv.astype(np.float32)),
+                       torch.from_numpy(sparse_depth.astype(np.float32)), bandwidth=bandwidth, space=space)
+    return np.maximum(dense.numpy(), 1e-3).astype(np.float32)
+
+
+def unaligned_depth(mono: np.ndarray, space: str) -> np.ndarray:
+    """A monocular prediction used as depth where nothing can align it (a single input view):
+    disparities are inverted; the result's scale becomes the scene's scale."""
+    if space == "disparity":
+        return (1.0 / np.maximum(mono, 1e-3 * max(float(np.max(mono)), 1e-6))).astype(np.float32)
+    return np.maximum(mono, 1e-3).astype(np.float32)
+
+
+def warped_depth_points(warped_depth: np.ndarray, mask: np.ndarray, max_points: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse (uv, depth) samples of a warped depth on its known pixels: the alignment's
+    fallback when keypoints are too few (blurry generated views give few SIFT matches)."""
+    ys, xs = np.nonzero((mask > 0.5) & (warped_depth > 0))
+    if len(ys) > max_points:
+        keep = np.random.default_rng(seed).choice(len(ys), max_points, replace=False)
+        ys, xs = ys[keep], xs[keep]
+    return np.stack([xs, ys], axis=-1).astype(np.float64), warped_depth[ys, xs].astype(np.float64)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image.astype(np.float32)
+    interp = cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(image.astype(np.float32), (w, h), interpolation=interp), 0, 1)
+
+
+def generate_views(
+    images: Sequence[np.ndarray],
+    input_cameras: Sequence[Camera],
+    targets: Sequence[Camera],
+    backend: MultiViewBackend,
+    depth_estimator,
+    config: GenerationConfig = GenerationConfig(),
+    input_depths: Sequence[np.ndarray] | None = None,
+    show_progress: bool = False,
+) -> GenerationResult:
+    """Generate the views seen by `targets` from the input views, iteratively (Fig. 4).
+
+    `images` are [H, W, 3] float in [0, 1] seen by `input_cameras`; all cameras share one
+    world frame (for a single view: the frame its depth is measured in). When the backend
+    has a fixed `image_size`, images and cameras are resized to it. `depth_estimator` is a
+    `see3d_torch.mono_depth` estimator (`predict(image, camera)`, `output_space` "depth" or
+    "disparity"); its unknown scale is fixed by alignment with the other known views. Known
+    metric `input_depths` (RGB-D input, or the synthetic world) replace the estimate for the
+    inputs; without them a single input view's monocular depth sets the scene's scale."""
+    from tqdm import tqdm
+
+    if len(images) == 0 or len(images) != len(input_cameras):
+        raise ValueError(f"need one camera per input image, got {len(images)} images and {len(input_cameras)} cameras")
+    if len(targets) == 0:
+        raise ValueError("the trajectory has no target cameras")
+    for i, img in enumerate(images):
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"input image {i} must be [H, W, 3], got shape {img.shape}")
+    if backend.image_size is not None:
+        h, w = backend.image_size
+    else:
+        h, w = input_cameras[0].height, input_cameras[0].width
+    cams = [c.resized(w, h) for c in [*input_cameras, *targets]]
+    n_in = len(images)
+    n = len(cams)
+    views: list[np.ndarray | None] = [_resize_image(np.asarray(img, dtype=np.float32), (h, w)) for img in images] + [None] * len(targets)
+    conditions = [v.copy() if v is not None else None for v in views]
+    masks = [np.ones((h, w), np.float32) if i < n_in else None for i in range(n)]
+    warped_depths: list[np.ndarray | None] = [None] * n
+    depths: list[np.ndarray | None] = [None] * n
+    depth_sources = ["" for _ in range(n)]
+    if input_depths is not None:
+        if len(input_depths) != n_in:
+            raise ValueError(f"input_depths: expected {n_in} depth maps (one per input), got {len(input_depths)}")
+        for i, d in enumerate(input_depths):
+            d = np.asarray(d, dtype=np.float32)
+            if d.ndim != 2:
+                raise ValueError(f"input_depths[{i}] must be [H, W], got shape {d.shape}")
+            depths[i] = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
+            depth_sources[i] = "given"
+    space = getattr(depth_estimator, "output_space", "depth")
+    scale = anchor_choice.scene_scale_of(cams)
+    bandwidth = config.lwlr_bandwidth * max(h, w) / 512.0
+    per_call = config.targets_per_iteration or max(1, backend.max_views - config.num_anchors)
+
+    def ensure_depth(i: int, known: list[int]) -> None:
+        if depths[i] is not None:
+            return
+        mono = depth_estimator.predict(views[i], cams[i])
+        mono = (mono.detach().cpu().numpy() if isinstance(mono, torch.Tensor) else np.asarray(mono)).astype(np.float32)
+        if mono.shape != (h, w):
+            raise ValueError(f"depth estimator returned shape {mono.shape} for a {h}x{w} view")
+        partners = [j for j in known if j != i and views[j] is not None]
+        partners = sorted(partners, key=lambda j: anchor_choice.camera_distance(cams[i], cams[j], scale))[: config.max_alignment_partners]
+        uv, z = keypoint_alignment(views[i], cams[i], [(views[j], cams[j]) for j in partners], config.match_method) if partners else (np.zeros((0, 2)), np.zeros(0))
+        if len(z) >= config.min_keypoints:
+            depths[i], depth_sources[i] = align_depth(mono, uv, z, bandwidth, space), f"keypoints ({len(z)})"
+        elif warped_depths[i] is not None and (warped_depths[i] > 0).sum() >= config.min_keypoints:
+            uv, z = warped_depth_points(warped_depths[i], masks[i], seed=config.seed + i)
+            depths[i], depth_sources[i] = align_depth(mono, uv, z, bandwidth, space), f"warped depth ({len(z)})"
+        else:
+            depths[i] = unaligned_depth(mono, space)
+            depth_sources[i] = "monocular (sets the scale)" if not partners else f"monocular ({len(z)} keypoints)"
+
+    known = list(range(n_in))
+    pending = list(range(n_in, n))
+    iterations: list[Iteration] = []
+    bar = tqdm(total=len(targets), desc=f"generate ({backend.name})", unit="view", disable=not show_progress)
+    while pending:
+        t0 = time.perf_counter()
+        chunk = [pending[k] for k in anchor_choice.next_targets([cams[i] for i in known], [cams[i] for i in pending], per_call, scale)]
+        chosen = [known[k] for k in anchor_choice.choose_anchors([cams[i] for i in known], [cams[i] for i in chunk], config.num_anchors, scale)]
+        for a in chosen:
+            ensure_depth(a, known)
+        for t in chunk:
+            conditions[t], masks[t], warped_depths[t] = warp_anchors(
+                [views[a] for a in chosen], [depths[a] for a in chosen], [cams[a] for a in chosen], cams[t])
+        generated = backend.generate(
+            np.stack([views[a] for a in chosen]), np.stack([conditions[t] for t in chunk]), np.stack([masks[t] for t in chunk]),
+            reference_cameras=[cams[a] for a in chosen], target_cameras=[cams[t] for t in chunk],
+            seed=config.seed + len(iterations),
+        )
+        if generated.shape != (len(chunk), h, w, 3):
+            raise ValueError(f"backend {backend.name} returned shape {generated.shape}, expected {(len(chunk), h, w, 3)}")
+        for t, view in zip(chunk, generated):
+            views[t] = np.clip(view, 0, 1).astype(np.float32)
+        known += chunk
+        pending = [p for p in pending if p not in chunk]
+        iterations.append(Iteration(chunk, chosen, [float(masks[t].mean()) for t in chunk], round(time.perf_counter() - t0, 3)))
+        bar.update(len(chunk))
+    bar.close()
+    for i in range(n):  # views never used as anchors still get an aligned depth
+        ensure_depth(i, [j for j in known if j != i])
+    return GenerationResult(
+        images=np.stack(views), cameras=cams, depths=np.stack(depths), masks=np.stack(masks),
+        conditions=np.stack(conditions), is_input=np.arange(n) < n_in, depth_sources=depth_sources,
+        iterations=iterations, backend=backend.name, seed=config.seed,
+    )

@@ -1,0 +1,90 @@
+"""Pictures and the one-page HTML report of a generation run."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB image in [0, 1] ([H, W, 3]) as PNG."""
+    if not cv2.imwrite(str(path), to_uint8(image)[..., ::-1]):
+        raise OSError(f"could not write {path}")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB float32 [H, W, 3] in [0, 1]; a clear error when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not an image OpenCV can read (expected PNG, JPEG, ...)")
+    return bgr[..., ::-1].astype(np.float32) / 255.0
+
+
+def depth_to_rgb(depth: np.ndarray, far: float) -> np.ndarray:
+    """Near is bright: a viridis picture of a z-depth map, in [0, 1]."""
+    d = np.clip(depth / max(far, 1e-6), 0.0, 1.0)
+    colored = cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    return colored[..., ::-1].astype(np.float32) / 255.0
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Rows of same-sized RGB images in [0, 1] as one picture with white gaps."""
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    grid = np.ones((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = img[..., :3]
+    return grid
+
+
+def _metric_table(metrics: dict) -> str:
+    rows = []
+    for method, stages in metrics.get("methods", {}).items():
+        for stage, values in stages.items():
+            cells = "".join(
+                f"<td>{values[k]:.4f}</td>" if isinstance(values.get(k), (int, float)) else f"<td>{html.escape(str(values.get(k, '-')))}</td>"
+                for k in ("psnr", "ssim", "lpips")
+            )
+            rows.append(f"<tr><td>{html.escape(method)}</td><td>{html.escape(stage)}</td>{cells}</tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>method</th><th>views</th><th>PSNR (dB)</th><th>SSIM</th><th>LPIPS</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def write_html_report(out: str | os.PathLike, title: str, sections: Sequence[tuple[str, str]], metrics: dict | None = None,
+                      video: str | None = None, notes: Sequence[str] = ()) -> Path:
+    """A single self-contained page `report.html` under `out` that shows pictures by relative
+    path (`sections` are (caption, relative PNG path)), the metrics table and the video."""
+    out = Path(out)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img,video{max-width:100%;"
+             "image-rendering:pixelated}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}"
+             "</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    if metrics:
+        parts.append("<h2>Metrics against the scene's true views</h2>" + _metric_table(metrics))
+    for caption, rel in sections:
+        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>")
+    if video:
+        parts.append(f"<h2>Fly-through</h2><video src='{html.escape(video)}' controls loop autoplay muted></video>")
+    if metrics:
+        parts.append("<h2>metrics.json</h2><pre>" + html.escape(json.dumps(metrics, indent=1)) + "</pre>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path
