@@ -33,23 +33,15 @@ def distance_matrix(known: Sequence[Camera], targets: Sequence[Camera], scene_sc
 
 
 def next_targets(known: Sequence[Camera], pending: Sequence[Camera], count: int, scene_scale: float) -> list[int]:
-    """Indices into `pending` of the `count` targets nearest to the known views, nearest first.
-
-    Greedy and incremental: after picking a target it counts as known for the next pick, so a
-    chunk grows outward along a trajectory instead of jumping to a far target that happens to
-    be near another known view."""
+    """Indices into `pending` of the `count` targets nearest to the known views, nearest
+    first: targets are warped from known views only, so their distance to the known set
+    decides how much of them a warp covers."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not known:
         raise ValueError("next_targets needs at least one known view")
-    chosen: list[int] = []
     nearest = distance_matrix(known, pending, scene_scale).min(axis=0)
-    for _ in range(min(count, len(pending))):
-        masked = np.where(np.isin(np.arange(len(pending)), chosen), np.inf, nearest)
-        pick = int(np.argmin(masked))
-        chosen.append(pick)
-        nearest = np.minimum(nearest, distance_matrix([pending[pick]], pending, scene_scale)[0])
-    return chosen
+    return [int(i) for i in np.argsort(nearest, kind="stable")[:count]]
 
 
 def choose_anchors(known: Sequence[Camera], targets: Sequence[Camera], count: int, scene_scale: float) -> list[int]:

@@ -57,6 +57,38 @@ def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8) -
             if m.distance < ratio * n2.distance and backward.get(m.trainIdx) == m.queryIdx]
 
 
+def _sampson_refine(R: np.ndarray, t: np.ndarray, p0: np.ndarray, p1: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Refine a relative pose (x1 = R x0 + t, |t| = 1) by least squares on the Sampson
+    distance of the inlier matches: RANSAC's minimal-sample pose is noisy at low resolution."""
+    from scipy.optimize import least_squares
+
+    Kinv = np.linalg.inv(K)
+    x0 = np.c_[p0, np.ones(len(p0))] @ Kinv.T
+    x1 = np.c_[p1, np.ones(len(p1))] @ Kinv.T
+    focal = K[0, 0]
+
+    def unpack(params):
+        Rm = cv2.Rodrigues(params[:3])[0] @ R
+        th, ph = params[3:]
+        tv = np.array([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)])
+        return Rm, tv
+
+    def residuals(params):
+        Rm, tv = unpack(params)
+        tx = np.array([[0, -tv[2], tv[1]], [tv[2], 0, -tv[0]], [-tv[1], tv[0], 0]])
+        E = tx @ Rm
+        Ex0 = x0 @ E.T
+        Etx1 = x1 @ E
+        num = np.sum(x1 * Ex0, axis=1)
+        den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+        return focal * num / np.sqrt(np.maximum(den, 1e-18))  # in pixels
+
+    t = t / np.linalg.norm(t)
+    start = np.array([0.0, 0.0, 0.0, np.arccos(np.clip(t[2], -1, 1)), np.arctan2(t[1], t[0])])
+    fit = least_squares(residuals, start, loss="huber", f_scale=1.0)
+    return unpack(fit.x)
+
+
 def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, min_matches: int = 30) -> list[Camera]:
     """Cameras for 2+ images of a static scene by two-view geometry and PnP (OpenCV).
 
@@ -82,8 +114,9 @@ def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, min_
         raise ValueError("input images 0 and 1: no essential matrix found; pass --cameras")
     _, R, t, pose_mask = cv2.recoverPose(E, p0, p1, K, mask=inliers.copy())
     good = pose_mask.ravel() > 0
+    R, t = _sampson_refine(R, t.ravel(), p0[good], p1[good], K)
     w2c1 = np.eye(4)
-    w2c1[:3, :3], w2c1[:3, 3] = R, t.ravel() / np.linalg.norm(t)
+    w2c1[:3, :3], w2c1[:3, 3] = R, t
     P0 = K @ np.eye(4)[:3]
     P1 = K @ w2c1[:3]
     X = cv2.triangulatePoints(P0, P1, p0[good].T, p1[good].T)
