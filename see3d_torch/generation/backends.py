@@ -105,3 +105,81 @@ class WarpOnlyBackend:
 
 def _missing(what: str, path: Path) -> FileNotFoundError:
     return FileNotFoundError(f"{what} not found: {path}")
+
+
+class TorchUNetBackend:
+    """A pixel-space multi-view UNet folder in torch (`config.json` + safetensors, as
+    `see3d_torch.unet.MultiViewUNet.save_pretrained` or `see3d-convert` write it), sampled
+    with DDIM and the inference condition of Eq. 20 (`see3d_torch.sampling.sample`).
+
+    Pixels enter in [-1, 1]; holes are black (-1) in the condition, as in training. The
+    context is zeros: the small models are trained without text or CLIP context. An optional
+    `scheduler_config.json` (diffusers DDIMScheduler) in the folder overrides the default
+    See3D schedule (scaled-linear betas, zero terminal SNR, trailing steps)."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", num_inference_steps: int = 25,
+                 guidance_scale: float = 0.0, max_views: int | None = None):
+        import torch
+
+        from see3d_torch.unet import MultiViewUNet
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise _missing("UNet config", folder / "config.json")
+        self.unet = MultiViewUNet.from_pretrained(folder, device=device).to(device)
+        cfg = self.unet.config
+        if not cfg.pixel_space:
+            raise ValueError(f"{folder}: a latent-space UNet; TorchUNetBackend runs pixel-space models "
+                             "(use the released pipeline folder with See3DPipelineBackend for latent models)")
+        self.name = f"unet:{folder.name}"
+        self.folder = folder
+        self.device = torch.device(device)
+        self.image_size = (cfg.sample_size, cfg.sample_size)
+        self.max_views = int(max_views or 4)
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+
+    def _scheduler(self):
+        from see3d_torch.sampling import DDIMConfig
+        from see3d_torch.schedules import ScheduleConfig, make_ddim_scheduler
+
+        sampler = DDIMConfig(num_inference_steps=self.num_inference_steps, prediction_type=self.unet.config.prediction_type,
+                             guidance_scale=self.guidance_scale)
+        if (self.folder / "scheduler_config.json").is_file():
+            from diffusers import DDIMScheduler
+
+            scheduler = DDIMScheduler.from_pretrained(self.folder, local_files_only=True)
+            return scheduler, DDIMConfig.from_scheduler(scheduler, num_inference_steps=self.num_inference_steps,
+                                                        guidance_scale=self.guidance_scale)
+        return make_ddim_scheduler(ScheduleConfig.see3d(), sampler), sampler
+
+    def generate(self, reference_images, target_images, target_masks, *, reference_cameras, target_cameras, seed, progress=None):
+        import torch
+
+        from see3d_torch.sampling import SamplerNoise, sample
+
+        check_request(reference_images, target_images, target_masks)
+        n_ref, n_tgt = len(reference_images), len(target_images)
+        images = np.concatenate([reference_images, target_images * (target_masks[..., None] > 0.5)])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)[None].float().to(self.device) * 2 - 1  # [1, V, 3, H, W]
+        masks = torch.from_numpy(np.concatenate([np.ones((n_ref,) + target_masks.shape[1:], np.float32), target_masks]))
+        masks = (masks > 0.5).float()[None, :, None].to(self.device)
+        is_reference = torch.tensor([[True] * n_ref + [False] * n_tgt], device=self.device)
+        cfg = self.unet.config
+        context = torch.zeros(1, cfg.context_tokens, cfg.context_dim, device=self.device)
+        scheduler, sampler = self._scheduler()
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = SamplerNoise.draw(generator, self.num_inference_steps, pixels.shape)
+        noise = SamplerNoise(*(n.to(self.device) for n in (noise.initial, noise.condition, noise.step)))
+        steps = [0]
+
+        def model_fn(x_t, condition, mask, t, ctx):
+            out = self.unet(torch.cat([x_t, condition, mask], dim=2), t, ctx)
+            steps[0] += 1  # one call per step: guidance batches both branches into it
+            if progress is not None:
+                progress(steps[0], self.num_inference_steps)
+            return out
+
+        final = sample(model_fn, scheduler, pixels, masks, is_reference, noise, context, sampler)
+        out = (final[0, n_ref:].permute(0, 2, 3, 1).float().cpu().numpy() + 1) / 2
+        return np.clip(out, 0, 1).astype(np.float32)
