@@ -1,0 +1,84 @@
+"""The released See3D checkpoint folder (framework-free): paths and the UNet config dialect.
+
+Layout (diffusers style, safetensors; SPEC.md section 2)::
+
+    ROOT/model_index.json
+    ROOT/scheduler/scheduler_config.json
+    ROOT/tokenizer/...                      CLIP tokenizer (empty prompt only)
+    ROOT/text_encoder/{config.json, model.safetensors}
+    ROOT/vae/{config.json, diffusion_pytorch_model.safetensors}
+    ROOT/CLIP-ViT-H-14-laion2B-s32B-b79K/   CLIP-H vision tower + preprocessor_config.json
+    ROOT/unet/{single,sparse,SR}/ema-checkpoint/{config.json, diffusion_pytorch_model.safetensors}
+
+The UNet `config.json` there is MVDream's `MultiViewUNetModel` config (`image_size`,
+`model_channels`, `num_head_channels`, `camera_dim`, ...); `read_unet_config` reads it as well
+as the kit's own `UNetConfig` files. Both the torch pipeline and the Flax converter use it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from see3d_core.unet_config import UNetConfig
+
+UNET_VARIANTS = ("single", "sparse", "SR")
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+UNET_CONFIG = "config.json"
+CLIP_VISION_DIR = "CLIP-ViT-H-14-laion2B-s32B-b79K"
+RELEASED_UNET_CLASS = "MultiViewUNetModel"
+
+
+def released_unet_dir(root: str | Path, variant: str) -> Path:
+    """`ROOT/unet/<variant>/ema-checkpoint` for variant in single, sparse, SR."""
+    if variant not in UNET_VARIANTS:
+        raise ValueError(f"unet variant must be one of {UNET_VARIANTS}, got {variant!r}")
+    return Path(root) / "unet" / variant / "ema-checkpoint"
+
+
+def released_unet_config(raw: dict, source: str = "config") -> tuple[UNetConfig, int | None]:
+    """Translate a released MVDream-style `MultiViewUNetModel` config into (UNetConfig, camera_dim).
+
+    `camera_dim` is not None when the checkpoint carries MVDream's (unused) camera embedding."""
+    if raw.get("num_head_channels", -1) in (-1, None):
+        raise ValueError(f"{source}: only configs with num_head_channels are supported (got {raw.get('num_head_channels')})")
+    unsupported = {"ip_dim": 0, "num_classes": None, "use_scale_shift_norm": False, "resblock_updown": False}
+    for key, default in unsupported.items():
+        if raw.get(key) not in (None, default):
+            raise ValueError(f"{source}: {key}={raw[key]!r} is not supported by the See3D UNet")
+    try:
+        fields = dict(
+            in_channels=int(raw["in_channels"]),
+            out_channels=int(raw["out_channels"]),
+            model_channels=int(raw["model_channels"]),
+            channel_mult=tuple(raw["channel_mult"]),
+            num_res_blocks=int(raw["num_res_blocks"]),
+            attention_resolutions=tuple(raw["attention_resolutions"]),
+            num_head_channels=int(raw["num_head_channels"]),
+            transformer_depth=int(raw.get("transformer_depth", 1)),
+            context_dim=int(raw["context_dim"]),
+        )
+    except KeyError as missing:
+        raise ValueError(f"{source}: missing key {missing} in the {RELEASED_UNET_CLASS} config") from None
+    if "image_size" in raw:
+        fields["sample_size"] = int(raw["image_size"])
+    if "prediction_type" in raw:
+        fields["prediction_type"] = raw["prediction_type"]
+    camera_dim = raw.get("camera_dim")
+    return UNetConfig(**fields), (int(camera_dim) if camera_dim is not None else None)
+
+
+def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
+    """Read a UNet `config.json` (a folder or the file): the kit's own or the released dialect."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / UNET_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"UNet config not found: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"UNet config {path} is not valid JSON ({e})") from None
+    if isinstance(raw, dict) and raw.get("_class_name") == RELEASED_UNET_CLASS:
+        return released_unet_config(raw, source=str(path))
+    return UNetConfig.load(path), None
