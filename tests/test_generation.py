@@ -159,3 +159,21 @@ def test_torch_unet_backend_names_missing_files(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="config.json"):
         TorchUNetBackend(tmp_path)
+
+
+def test_jax_sampler_backend_reads_the_torch_folder(tiny_unet_folder):
+    pytest.importorskip("jax")
+    from see3d_jax.generation_backend import JaxSamplerBackend
+
+    backend = JaxSamplerBackend(tiny_unet_folder, num_inference_steps=2, guidance_scale=1.0)
+    assert isinstance(backend, MultiViewBackend) and backend.image_size == (16, 16)
+    rng = np.random.default_rng(1)
+    refs = rng.uniform(size=(1, 16, 16, 3)).astype(np.float32)
+    targets = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    masks = np.ones((2, 16, 16), np.float32)
+    a = backend.generate(refs, targets, masks, seed=3)
+    b = backend.generate(refs, targets, masks, seed=3)
+    assert a.shape == (2, 16, 16, 3) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="target_masks"):
+        backend.generate(refs, targets, masks[:, :4])
