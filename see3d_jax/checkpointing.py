@@ -1,0 +1,56 @@
+"""Orbax checkpoints of a training run: model, optimizer, EMA, step and the data iterator.
+
+One `CheckpointManager` under `WORKDIR/checkpoints` (a local path or `gs://...`), saving
+asynchronously (training goes on while arrays are written) and keeping the last N. Each
+checkpoint holds two items: `state` (the train-state pytree, restored straight into its
+shardings) and `data` (the grain iterator position, JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict[str, Any]) -> bool:
+        return self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True
+        )
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restore `step` (the latest by default) into the shardings of `abstract_state`
+        (a pytree of `jax.ShapeDtypeStruct` with `.sharding`)."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        )
+        return restored["state"], restored["data"]
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once any host got a preemption notice (multi-host TPU/GPU jobs)."""
+        return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with shardings: what `Checkpointer.restore` fills in."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

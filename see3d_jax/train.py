@@ -1,0 +1,446 @@
+"""Sharded training of the multi-view diffusion UNet.
+
+    python -m see3d_jax.train --config small --data DATASET --workdir RUN [key=value ...]
+
+The train state is a pytree ``{"step", "params", "opt_state", "ema"}`` of pure dicts, laid
+out on a (data, fsdp, tensor) mesh by the logical-axis rules of the config
+(`see3d_jax.sharding`). One optimizer step (jitted, with input/output shardings and the
+old state's buffers donated):
+
+1. split the global batch of clips into `grad_accum_steps` micro-batches (a `lax.scan`);
+2. per micro-batch, build the visual condition on device (`condition.build_training_batch`:
+   shuffled views, S references, random hole masks, t, C_t, V_t), run the UNet on
+   ``cat([x_t, V_t, M])`` and regress `schedules.training_target` (v by default) on target
+   views only;
+3. clip the global gradient norm, AdamW with linear warmup and cosine decay, update the EMA.
+
+Runs resume from the latest orbax checkpoint in `WORKDIR/checkpoints` (model, optimizer,
+EMA, step and data iterator); SIGTERM (preemption) saves a checkpoint and exits cleanly.
+Logs go to `WORKDIR/log.jsonl` and TensorBoard (`WORKDIR/tensorboard`); at the end the EMA
+weights are exported to `WORKDIR/ema/` (`see3d_jax.unet.load_weights` reads them).
+
+Multi-host: pass `--coordinator HOST:PORT --num-processes N --process-id I` (or
+`--distributed` on TPU / SLURM, where JAX finds them itself); each process reads its own
+shard of the clips and feeds its part of the global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from see3d_jax import condition as cond
+from see3d_jax import schedules
+from see3d_jax.sharding import activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, variable_logical_axes
+from see3d_jax.train_config import TrainConfig, preset
+from see3d_jax.unet import UNet, forward_flops, save_weights
+
+EncodeFn = Callable[[jax.Array], jax.Array]
+
+
+def condition_config(config: TrainConfig) -> cond.ConditionConfig:
+    c = config.condition
+    return cond.ConditionConfig(
+        variant=c.variant, min_references=c.min_references, max_references=c.max_references,
+        masks=cond.MaskConfig(min_coverage=c.min_coverage, max_coverage=c.max_coverage),
+    )
+
+
+def make_optimizer(config: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Global-norm clipping, then AdamW with linear warmup and cosine decay (no decay on
+    biases and norm scales)."""
+    lr = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=max(config.warmup_steps, 1),
+        decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.learning_rate * config.final_lr_fraction,
+    )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(lr, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay, mask=decay_mask),
+    )
+    return tx, lr
+
+
+def _nested_set(tree: dict, path: tuple, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+class Trainer:
+    """Builds the model, the sharded train state and the jitted train step for a config."""
+
+    def __init__(self, config: TrainConfig, mesh: jax.sharding.Mesh | None = None, encode_fn: EncodeFn | None = None,
+                 context: np.ndarray | None = None):
+        if not config.unet.pixel_space and encode_fn is None:
+            raise ValueError("Trainer: a latent-space UNet needs encode_fn (a Flax VAE encoder, see `vae=` in the config)")
+        self.config = config
+        self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
+        self.rules = config.sharding_rules
+        self.encode_fn = encode_fn
+        self.schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
+        self.condition_config = condition_config(config)
+        self.tx, self.lr = make_optimizer(config)
+        dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+        self._make_model = lambda rngs: UNet(config.unet, rngs=rngs, dtype=dtype, remat=config.remat, attention=config.attention)  # noqa: E731
+        abstract = nnx.eval_shape(lambda: self._make_model(nnx.Rngs(0)))
+        self.graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+        if jax.tree.leaves(rest):
+            raise AssertionError("UNet holds state other than parameters; the train state would miss it")
+        self._abstract_params = abstract_params
+        self._rest = rest
+        u = config.unet
+        if context is None:
+            context = np.zeros((u.context_tokens, u.context_dim), np.float32)
+        context = np.asarray(context, np.float32)
+        if context.ndim != 2 or context.shape[1] != u.context_dim:
+            raise ValueError(f"Trainer: context must be [T, {u.context_dim}], got shape {context.shape}")
+        self.context = jnp.asarray(context)
+
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        param_shardings: dict = {}
+        for path, var in nnx.to_flat_state(abstract_params):
+            spec = logical_to_spec(variable_logical_axes(var), var.get_value().shape, self.mesh, self.rules)
+            _nested_set(param_shardings, path, NamedSharding(self.mesh, spec))
+        self.param_shardings = param_shardings
+        init_shapes = jax.eval_shape(self._init_state, jax.random.key_data(jax.random.PRNGKey(0)))
+        opt_shardings = self._optimizer_shardings(init_shapes["opt_state"])
+        self.state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "ema": param_shardings}
+        self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        self.state_shapes = init_shapes
+        self.batch_sharding = NamedSharding(self.mesh, batch_spec(5))
+        self.train_step = jax.jit(
+            self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, replicated), donate_argnums=(0,),
+        )
+
+    # --- state --------------------------------------------------------------------------------
+    def _optimizer_shardings(self, opt_shapes):
+        """Optimizer moments take the layout of their parameters; scalars are replicated."""
+        flat_params = {
+            ".".join(map(str, path)): s for path, s in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]
+        }
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def pick(path, leaf):
+            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+            for start in range(len(keys)):
+                name = ".".join(keys[start:])
+                if name in flat_params:
+                    return flat_params[name]
+            return replicated
+
+        return jax.tree_util.tree_map_with_path(pick, opt_shapes)
+
+    def _init_state(self, key_data):
+        model = self._make_model(nnx.Rngs(jax.random.wrap_key_data(key_data)))
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params), "ema": params}
+
+    def init_state(self, seed: int | None = None):
+        """A fresh train state, created directly in its shardings (nothing is materialised on
+        one device first, so `sd21` fits with FSDP)."""
+        key = jax.random.PRNGKey(self.config.seed if seed is None else seed)
+        with jax.set_mesh(self.mesh):
+            return self._init(jax.random.key_data(key))
+
+    def model(self, params) -> UNet:
+        """The UNet with `params` (a pure dict: train `params` or `ema`)."""
+        state = jax.tree.map(lambda x: x, self._abstract_params)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state, self._rest)
+
+    def model_fn(self, params):
+        """`sampling.sample`'s model function: (x_t, V, M, t, context) -> prediction."""
+        model = self.model(params)
+        channels = self.config.unet.sample_channels
+
+        def fn(x_t, condition, mask, t, context):
+            out = model(jnp.concatenate([x_t, condition, mask], axis=-1), t, context)
+            return out[..., :channels]
+
+        return fn
+
+    def batch_context(self, batch: int) -> jax.Array:
+        return jnp.broadcast_to(self.context, (batch,) + self.context.shape)
+
+    # --- the step ----------------------------------------------------------------------------
+    def loss(self, params, views: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+        views = constrain(views, ("batch", None, None, None, None))
+        tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, self.encode_fn)
+        out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
+        target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
+        per_view = jnp.mean(jnp.square(out - target), axis=(2, 3, 4))
+        loss = jnp.sum(per_view * tb.loss_mask) / jnp.maximum(jnp.sum(tb.loss_mask), 1.0)
+        return loss, {}
+
+    def _train_step(self, state, views):
+        cfg = self.config
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
+        grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+        accum = cfg.grad_accum_steps
+        if accum == 1:
+            (loss, _), grads = grad_fn(state["params"], views, key)
+        else:
+            # micro-batch i takes samples i, i + accum, ...: every device keeps its own samples
+            b = views.shape[0]
+            micro = jnp.swapaxes(views.reshape((b // accum, accum) + views.shape[1:]), 0, 1)
+
+            def body(carry, inputs):
+                grads_sum, loss_sum = carry
+                mv, i = inputs
+                (l, _), g = grad_fn(state["params"], mv, jax.random.fold_in(key, i))
+                return (jax.tree.map(jnp.add, grads_sum, g), loss_sum + l), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state["params"])
+            (grads, loss), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(accum)))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss = loss / accum
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        step = state["step"] + 1
+        decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))  # short warmup of the EMA
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": self.lr(state["step"])}
+        return {"step": step, "params": params, "opt_state": opt_state, "ema": ema}, metrics
+
+    def step(self, state, views):
+        """One optimizer step on a global batch `views` [B, N, S, S, 3] (a sharded jax.Array
+        or a host array on a single process)."""
+        with activation_sharding(self.mesh, self.rules):
+            return self.train_step(state, views)
+
+    def global_batch(self, local_views: np.ndarray) -> jax.Array:
+        """Assemble the global batch from each process's local rows (sharded by sample)."""
+        return jax.make_array_from_process_local_data(self.batch_sharding, local_views)
+
+    def flops_per_step(self) -> float:
+        u, cfg = self.config.unet, self.config
+        return 3.0 * cfg.batch_size * forward_flops(u, cfg.num_views, u.sample_size, u.sample_size)
+
+
+# --- the run (CLI) -------------------------------------------------------------------------------
+
+class _Logger:
+    """JSONL (always) and TensorBoard (optional) scalars, written by process 0 only."""
+
+    def __init__(self, log_dir: Path, tensorboard: bool):
+        self.enabled = jax.process_index() == 0
+        self.jsonl = None
+        self.tb = None
+        if not self.enabled:
+            return
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(log_dir / "log.jsonl", "a")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError("TensorBoard logging needs the 'tensorboardX' package (pip install tensorboardX), or set tensorboard=false") from e
+            self.tb = SummaryWriter(str(log_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def load_encoder(path: str) -> EncodeFn:
+    """A pixels -> scaled latents function from a Flax VAE folder (`see3d_jax.vae`)."""
+    from see3d_jax import vae as vae_module
+
+    loader = getattr(vae_module, "load_vae", None)
+    if loader is None:
+        raise NotImplementedError(f"vae={path}: see3d_jax.vae has no `load_vae(path)` yet; train pixel-space models meanwhile")
+    model = loader(path)
+
+    def encode(pixels):  # [B, K, H, W, 3] -> [B, K, h, w, C]
+        b, k = pixels.shape[:2]
+        latents = model.encode(pixels.reshape((b * k,) + pixels.shape[2:]))
+        latents = getattr(latents, "mean", latents) * model.config.scaling_factor
+        return latents.reshape((b, k) + latents.shape[1:])
+
+    return encode
+
+
+def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | None = None,
+        progress: bool = True, encode_fn: EncodeFn | None = None) -> dict[str, Any]:
+    """Train (or resume) to `config.steps`. Returns a summary (final step, last loss, whether it
+    was preempted). `data_shards` fixes how the clips are split into per-host shards (default:
+    one per process); a run with the same `data_shards` sees the same global batches whatever
+    its number of processes."""
+    from see3d_jax.checkpointing import Checkpointer, abstract_like
+    from see3d_jax.data import training_batches
+
+    process_count, process_index = jax.process_count(), jax.process_index()
+    shards = process_count if data_shards is None else data_shards
+    if shards % process_count or config.batch_size % shards:
+        raise ValueError(f"data_shards={shards} must be a multiple of the process count {process_count} and divide batch_size {config.batch_size}")
+    if encode_fn is None and config.vae is not None:
+        encode_fn = load_encoder(config.vae)
+    context = None if config.context is None else np.load(config.context)
+    trainer = Trainer(config, encode_fn=encode_fn, context=context)
+
+    local_dir = Path(workdir) if not _is_remote(workdir) else Path("logs") / Path(workdir.rstrip("/")).name
+    if process_index == 0:
+        local_dir.mkdir(parents=True, exist_ok=True)
+        (local_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    per_shard = config.batch_size // shards
+    shards_here = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
+    iterators = [
+        training_batches(data_dir, num_views=config.num_views, image_size=config.image_size, batch_size=per_shard,
+                         seed=config.seed, cache=config.cache_frames, num_workers=config.num_workers,
+                         process_index=s, process_count=shards)
+        for s in shards_here
+    ]
+
+    ckpt = Checkpointer(f"{workdir.rstrip('/')}/checkpoints", keep=config.keep_checkpoints, asynchronous=config.async_checkpointing)
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(abstract_like(trainer.state_shapes, trainer.state_shardings))
+        for it, s in zip(iterators, data_state["shards"]):
+            it.set_state(s)
+        resumed_from = int(state["step"])
+    else:
+        state = trainer.init_state()
+        resumed_from = 0
+
+    stop = {"signal": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", True))
+    logger = _Logger(local_dir, config.tensorboard)
+    logger.write({"step": resumed_from, "event": "resumed" if resumed_from else "started", "processes": process_count,
+                  "devices": jax.device_count(), "mesh": dict(trainer.mesh.shape)})
+    bar = None
+    if progress and process_index == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=resumed_from, desc="train", dynamic_ncols=True)
+    flops = trainer.flops_per_step()
+    step = resumed_from
+    last_loss = float("nan")
+    preempted = False
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while step < config.steps:
+            local = np.concatenate([next(it)["views"] for it in iterators], axis=0)
+            t0 = time.perf_counter()
+            state, metrics = trainer.step(state, trainer.global_batch(local))
+            step += 1
+            window_steps += 1
+            if step == resumed_from + 1:
+                jax.block_until_ready(state)
+                logger.write({"step": step, "event": "compiled", "first_step_seconds": time.perf_counter() - t0})
+                window_start, window_steps = time.perf_counter(), 0
+            if step % config.log_every == 0 or step == config.steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                step_time = elapsed / window_steps if window_steps else float("nan")
+                record = {"step": step, **metrics, "step_seconds": step_time,
+                          "samples_per_second": config.batch_size / step_time if window_steps else None,
+                          "tflops_per_step": flops / 1e12}
+                if config.peak_tflops_per_device and window_steps:
+                    record["mfu"] = flops / step_time / (config.peak_tflops_per_device * 1e12 * jax.device_count())
+                logger.write(record)
+                last_loss = metrics["loss"]
+                window_start, window_steps = time.perf_counter(), 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+            if bar is not None:
+                bar.update(1)
+            stop_now = stop["signal"]
+            if process_count > 1:
+                from jax.experimental import multihost_utils
+
+                stop_now = bool(multihost_utils.process_allgather(np.array(stop_now)).any())
+            if stop_now or ckpt.reached_preemption(step):
+                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+                ckpt.wait()
+                logger.write({"step": step, "event": "preempted", "checkpoint": step})
+                preempted = True
+                break
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+        ckpt.wait()
+        if not preempted:
+            ema = jax.tree.map(lambda x: np.asarray(x), _gather(state["ema"]))
+            if process_index == 0:
+                save_weights(ema, config.unet, local_dir / "ema")
+                logger.write({"step": step, "event": "finished", "ema": str(local_dir / "ema")})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+        logger.close()
+        ckpt.close()
+    return {"step": step, "loss": last_loss, "preempted": preempted, "resumed_from": resumed_from}
+
+
+def _gather(tree):
+    """Bring every (possibly sharded, possibly multi-host) array to host memory in full."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m see3d_jax.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="named training config: tiny, small or sd21")
+    parser.add_argument("--data", required=True, help="clip dataset directory (manifest.jsonl + clips)")
+    parser.add_argument("--workdir", required=True, help="run directory (local or gs://) for checkpoints and logs")
+    parser.add_argument("--data-shards", type=int, default=None, help="split clips into this many host shards (default: one per process)")
+    parser.add_argument("--coordinator", default=None, help="multi-host: coordinator HOST:PORT")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 unet.model_channels=32")
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: not a directory")
+    if args.coordinator is not None:
+        if args.num_processes is None or args.process_id is None:
+            parser.error("--coordinator needs --num-processes and --process-id")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+    config = preset(args.config, args.overrides)
+    summary = run(config, args.data, args.workdir, data_shards=args.data_shards, progress=not args.no_progress)
+    if jax.process_index() == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

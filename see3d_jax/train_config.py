@@ -1,0 +1,163 @@
+"""Training configurations: one small dataclass, three named presets, `key=value` overrides.
+
+`python -m see3d_jax.train --config small ... steps=2000 learning_rate=3e-4 unet.model_channels=32
+mesh_fsdp=2` : a top-level field is set by its name, a UNet field by `unet.<name>`, a visual
+condition field by `condition.<name>`. Values are parsed as JSON when they can be
+(`true`, `[1, 2]`, `3e-4`), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Sequence
+
+from see3d_core import unet_config
+from see3d_core.unet_config import UNetConfig
+from see3d_jax.sharding import DEFAULT_RULES, LogicalRules
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionOptions:
+    """The visual-condition knobs exposed to training (see `see3d_jax.condition.ConditionConfig`)."""
+
+    variant: str = "time_dependent"
+    min_references: int = 1
+    max_references: int = 3
+    min_coverage: float = 0.15
+    max_coverage: float = 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    unet: UNetConfig = dataclasses.field(default_factory=unet_config.small)
+    condition: ConditionOptions = dataclasses.field(default_factory=ConditionOptions)
+    # data
+    num_views: int = 4  # frames drawn at random from each clip (references + targets)
+    batch_size: int = 8  # global samples (clips) per optimizer step
+    grad_accum_steps: int = 1  # the batch is split into this many micro-batches
+    cache_frames: bool = True  # keep decoded, resized frames in memory (small datasets)
+    num_workers: int = 0  # grain worker processes (0: read in the main process)
+    vae: str | None = None  # latent models: a Flax VAE checkpoint folder (see3d_jax.vae)
+    context: str | None = None  # .npy [T, context_dim] context (e.g. the empty-prompt embedding); zeros if None
+    # optimisation
+    steps: int = 1000
+    learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak
+    weight_decay: float = 0.01
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    grad_clip_norm: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    # numerics and layout
+    compute_dtype: str = "float32"  # or "bfloat16"; parameters are always float32
+    remat: str = "none"  # see see3d_jax.unet.REMAT_POLICIES
+    attention: str | None = None  # jax.nn.dot_product_attention implementation (None: best)
+    mesh_data: int = -1  # -1: all devices not used by fsdp/tensor
+    mesh_fsdp: int = 1
+    mesh_tensor: int = 1
+    sharding_rules: LogicalRules = DEFAULT_RULES
+    # bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    tensorboard: bool = True
+    peak_tflops_per_device: float | None = None  # for MFU; None: MFU is not reported
+
+    def __post_init__(self):
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum_steps {self.grad_accum_steps}")
+        if self.num_views < 2:
+            raise ValueError(f"TrainConfig.num_views must be >= 2 (a reference and a target), got {self.num_views}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+
+    @property
+    def image_size(self) -> int:
+        """Training image size in pixels (latent models: 8x the latent size of the UNet)."""
+        return self.unet.sample_size if self.unet.pixel_space else 8 * self.unet.sample_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unet"] = self.unet.to_dict()
+        d["sharding_rules"] = [list(r) for r in self.sharding_rules]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["unet"] = UNetConfig.from_dict(d.get("unet", {}), source="train config 'unet'")
+        d["condition"] = ConditionOptions(**d.get("condition", {}))
+        if "sharding_rules" in d:
+            d["sharding_rules"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in d["sharding_rules"])
+        return cls(**d)
+
+
+def tiny() -> TrainConfig:
+    """Tests: the tiny pixel-space UNet on 16x16 views."""
+    return TrainConfig(
+        unet=unet_config.tiny(), num_views=3, batch_size=4, steps=50, learning_rate=1e-3, warmup_steps=5,
+        log_every=5, checkpoint_every=25, ema_decay=0.99,
+    )
+
+
+def small() -> TrainConfig:
+    """CPU experiments and the demo checkpoint: the small pixel-space UNet on 32x32 views."""
+    return TrainConfig(unet=unet_config.small(), num_views=4, batch_size=8, steps=3000, learning_rate=3e-4, warmup_steps=200)
+
+
+def sd21() -> TrainConfig:
+    """Fine-tuning the released architecture on an accelerator mesh (latents of 512x512 views)."""
+    return TrainConfig(
+        unet=unet_config.sd21(), num_views=4, batch_size=32, steps=100_000, learning_rate=5e-5, warmup_steps=1000,
+        compute_dtype="bfloat16", remat="dots_no_batch", mesh_fsdp=-1, mesh_data=1, checkpoint_every=1000,
+        final_lr_fraction=1.0, cache_frames=False, num_workers=8,
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "sd21": sd21}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Apply `key=value` overrides (`unet.<field>` and `condition.<field>` reach the nested configs)."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"unet": {}, "condition": {}}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        value = _parse_value(text)
+        if "." in key:
+            group, name = key.split(".", 1)
+            if group not in nested:
+                raise ValueError(f"override {item!r}: unknown group {group!r} (use unet.<field> or condition.<field>)")
+            known = {f.name for f in dataclasses.fields(type(getattr(config, group)))}
+            if name not in known:
+                raise ValueError(f"override {item!r}: {group} has no field {name!r} (known: {sorted(known)})")
+            nested[group][name] = value
+        elif key in fields and key not in nested:
+            top[key] = value
+        else:
+            raise ValueError(f"override {item!r}: TrainConfig has no field {key!r} (known: {sorted(fields)})")
+    if nested["unet"]:
+        top["unet"] = config.unet.replace(**nested["unet"])
+    if nested["condition"]:
+        top["condition"] = dataclasses.replace(config.condition, **nested["condition"])
+    return dataclasses.replace(config, **top)
+
+
+def preset(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown training config {name!r}; choose one of {sorted(PRESETS)}")
+    return apply_overrides(PRESETS[name](), overrides)
