@@ -120,13 +120,13 @@ def _param(model: nnx.Module, path: tuple) -> nnx.Param:
 
 def torch_key_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """The torch state-dict keys and shapes `model` converts to (works on abstract models too)."""
-    return {link.torch_key: _torch_shape(tuple(_param(model, link.flax_path).value.shape), link.layout) for link in name_map(model)}
+    return {link.torch_key: _torch_shape(tuple(_param(model, link.flax_path).get_value().shape), link.layout) for link in name_map(model)}
 
 
 def flax_to_torch_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as a torch-named, torch-layout dict of numpy arrays."""
     return {
-        link.torch_key: to_torch_layout(np.asarray(_param(model, link.flax_path).value), link.layout)
+        link.torch_key: to_torch_layout(np.asarray(_param(model, link.flax_path).get_value()), link.layout)
         for link in name_map(model)
     }
 
@@ -145,7 +145,7 @@ def load_torch_tensors(
     mismatched = []
     for key in sorted(set(expected) & set(tensors)):
         link = expected[key]
-        want = _torch_shape(tuple(_param(model, link.flax_path).value.shape), link.layout)
+        want = _torch_shape(tuple(_param(model, link.flax_path).get_value().shape), link.layout)
         if tuple(tensors[key].shape) != want:
             mismatched.append(f"{key}: file {tuple(tensors[key].shape)} vs model {want}")
     if missing or unexpected or mismatched:
@@ -154,8 +154,8 @@ def load_torch_tensors(
         )
     for link in links:
         param = _param(model, link.flax_path)
-        dtype = param.value.dtype
-        param.value = jnp.asarray(to_flax_layout(np.asarray(tensors[link.torch_key]), link.layout), dtype=dtype)
+        dtype = param.get_value().dtype
+        param.set_value(jnp.asarray(to_flax_layout(np.asarray(tensors[link.torch_key]), link.layout), dtype=dtype))
 
 
 # ---------------------------------------------------------------------------------------- files
