@@ -108,12 +108,15 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
     assert result.iterations[0].targets == [3, 4] and result.iterations[0].anchors == [0]  # the input's neighbours
     assert result.iterations[1].anchors[0] in (3, 4)  # generated views became anchors
     truth = [frames[mid]] + [frames[i] for i in range(7) if i != mid]
+    for i in result.iterations[0].targets:  # warped from the input's exact depth
+        assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 19  # 64 px: resampling blur
     for i in result.generated:
-        # warps of exact geometry reproduce the true view where they are known
-        assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 24
-        assert 0.5 < result.masks[i].mean() <= 1.0
+        assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 14  # warps of inpainted warps
+        assert 0.85 < result.masks[i].mean() <= 1.0
         rel = np.abs(result.depths[i] - truth[i].depth) / truth[i].depth
-        assert np.median(rel) < 0.05, result.depth_sources[i]  # aligned despite the distorted estimator
+        # aligned per keypoint despite the distorted estimator (unaligned: ~25% error)
+        assert np.median(rel) < 0.07, result.depth_sources[i]
+        assert result.depth_sources[i].startswith("keypoints")
     written = result.save(tmp_path / "run")
     record = json.loads((tmp_path / "run" / "generation.json").read_text())
     assert len(record["views"]) == 7 and len(record["iterations"]) == 3

@@ -182,6 +182,36 @@ def keypoint_alignment(
     return np.concatenate(uvs), np.concatenate(depths)
 
 
+def consistent_keypoints(mono: np.ndarray, uv: np.ndarray, depth: np.ndarray, space: str = "depth",
+                         threshold: float = 0.1, trials: int = 256, seed: int = 0) -> np.ndarray:
+    """Bool [K]: keypoints agreeing with the largest set that one affine map of the monocular
+    prediction explains (RANSAC on pairs; relative error < `threshold`). Wrong matches in
+    textureless or repetitive regions (sky) triangulate to gross outliers; two of them among
+    ninety are enough to flip the sign of a least-squares fit, robust or not."""
+    if len(depth) < 3:
+        return np.ones(len(depth), bool)
+    h, w = mono.shape
+    xs = np.clip(np.round(uv[:, 0]).astype(int), 0, w - 1)
+    ys = np.clip(np.round(uv[:, 1]).astype(int), 0, h - 1)
+    x = mono[ys, xs].astype(np.float64)
+    y = 1.0 / depth if space == "disparity" else depth.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    best = np.ones(len(depth), bool)
+    best_count = -1
+    for _ in range(trials):
+        i, j = rng.choice(len(depth), 2, replace=False)
+        if abs(x[i] - x[j]) < 1e-9:
+            continue
+        scale = (y[i] - y[j]) / (x[i] - x[j])
+        if scale <= 0:  # depth (or disparity) grows with the prediction
+            continue
+        pred = scale * (x - x[i]) + y[i]
+        inlier = np.abs(pred - y) < threshold * np.abs(y)
+        if inlier.sum() > best_count:
+            best, best_count = inlier, int(inlier.sum())
+    return best
+
+
 def align_depth(mono: np.ndarray, uv: np.ndarray, sparse_depth: np.ndarray, bandwidth: float, space: str = "depth") -> np.ndarray:
     """Global scale/shift, then LWLR (Eq. 16-17) through `see3d_torch.depth.lwlr_align`;
     `space` says whether `mono` is a depth or a disparity (the estimator's `output_space`)."""
@@ -285,6 +315,8 @@ def generate_views(
         partners = [j for j in known if j != i and views[j] is not None]
         partners = sorted(partners, key=lambda j: anchor_choice.camera_distance(cams[i], cams[j], scale))[: config.max_alignment_partners]
         uv, z = keypoint_alignment(views[i], cams[i], [(views[j], cams[j]) for j in partners], config.match_method) if partners else (np.zeros((0, 2)), np.zeros(0))
+        keep = consistent_keypoints(mono, uv, z, space, seed=config.seed + i)
+        uv, z = uv[keep], z[keep]
         if len(z) >= config.min_keypoints:
             depths[i], depth_sources[i] = align_depth(mono, uv, z, bandwidth, space), f"keypoints ({len(z)})"
         elif warped_depths[i] is not None and (warped_depths[i] > 0).sum() >= config.min_keypoints:
