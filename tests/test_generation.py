@@ -93,6 +93,7 @@ def test_warp_only_backend_fills_holes_and_checks_requests():
 
 
 def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
+    pytest.importorskip("see3d_torch.features")  # SIFT matching (issue 7)
     from see3d_torch.generation.loop import GenerationConfig, generate_views
     from see3d_torch.mono_depth import DepthDistortion, SyntheticDepthOracle
 
