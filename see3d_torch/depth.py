@@ -77,17 +77,45 @@ def _weighted_affine_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> t
 
 
 def _robust_affine_fit(
-    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, robust: bool, iterations: int
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, robust: bool, iterations: int, candidates: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares on relative residuals (so near and far points count alike); with
-    `robust`, iteratively reweighted with Cauchy weights scaled by the residuals' MAD."""
+    """Least squares on relative residuals (so near and far points count alike). With
+    `robust`: the best of `candidates` two-point fits with a positive scale by least median
+    of relative residuals (up to half the points may be outliers, e.g. a repeated texture
+    matched to the wrong copy), then iteratively reweighted least squares with Cauchy weights
+    scaled by the residuals' MAD. Deterministic."""
     base = w / y.abs().clamp_min(MIN_POSITIVE) ** 2
-    scale, shift = _weighted_affine_fit(x, y, base)
-    for _ in range(iterations if robust else 0):
+    if not robust:
+        return _weighted_affine_fit(x, y, base)
+    used = w > 0
+    nan = torch.full_like(y, float("nan"))
+
+    def median_relative_residual(scale, shift):  # scale, shift [B, P] -> [B, P]
+        rel = ((scale[..., None] * x[:, None] + shift[..., None] - y[:, None]) / y[:, None].abs().clamp_min(MIN_POSITIVE)).abs()
+        return torch.where(used[:, None], rel, nan[:, None]).nanmedian(dim=-1).values
+
+    # two-point candidates among the used points of each row (a fixed generator: reproducible)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.argsort(torch.rand(x.shape, generator=gen).to(x.device) + (~used).to(x.dtype), dim=-1)  # used first
+    count = used.sum(-1, keepdim=True).clamp_min(1)
+    pick = (torch.rand(x.shape[0], candidates, 2, generator=gen).to(x.device) * count[..., None]).long()
+    i = torch.gather(order, 1, pick[..., 0])
+    j = torch.gather(order, 1, pick[..., 1])
+    xi, xj, yi, yj = x.gather(1, i), x.gather(1, j), y.gather(1, i), y.gather(1, j)
+    dx = xj - xi
+    scale = torch.where(dx.abs() > 1e-12, (yj - yi) / torch.where(dx.abs() > 1e-12, dx, torch.ones_like(dx)), torch.zeros_like(dx))
+    shift = yi - scale * xi
+    global_fit = _weighted_affine_fit(x, y, base)
+    scale = torch.cat([scale, global_fit[0][:, None]], 1)
+    shift = torch.cat([shift, global_fit[1][:, None]], 1)
+    score = median_relative_residual(scale, shift)
+    score = torch.where((scale > 0) & torch.isfinite(score), score, torch.full_like(score, float("inf")))
+    best = score.argmin(dim=-1, keepdim=True)
+    scale, shift = scale.gather(1, best)[:, 0], shift.gather(1, best)[:, 0]
+    for _ in range(iterations):
         rel = (scale[:, None] * x + shift[:, None] - y) / y.abs().clamp_min(MIN_POSITIVE)
-        rel = torch.where(w > 0, rel, torch.full_like(rel, float("nan")))
-        sigma = 1.4826 * rel.abs().nanmedian(dim=-1).values.nan_to_num(0.0) + 1e-4
-        cauchy = 1.0 / (1.0 + (rel.nan_to_num(0.0) / (2.385 * sigma[:, None])) ** 2)
+        sigma = 1.4826 * torch.where(used, rel.abs(), nan).nanmedian(dim=-1).values.nan_to_num(0.0) + 1e-4
+        cauchy = 1.0 / (1.0 + (rel / (2.385 * sigma[:, None])) ** 2)
         scale, shift = _weighted_affine_fit(x, y, base * cauchy)
     return scale, shift
 
@@ -105,7 +133,7 @@ def fit_scale_shift(
 
     `mono_depth` [H, W] is sampled bilinearly at `uv` [K, 2] (x, y); `target_depth` [K] is
     metric. Residuals are relative (divided by the target) so near and far points weigh alike.
-    `robust=True` downweights outliers (IRLS with Cauchy weights). With `space="disparity"`
+    `robust=True` survives up to half the points being outliers (least-median start, then IRLS). With `space="disparity"`
     the fit is `scale * mono + shift = 1 / target_depth` (mono is a disparity); turn either
     into metric depth with `apply_scale_shift`. Returns two 0-d tensors.
     """
@@ -288,8 +316,9 @@ def keypoint_depths(
     error = residual.norm(dim=-1)
     point = depth[:, None] * ray  # in the anchor camera
     other_center = -R.T @ t
-    cos_angle = F.cosine_similarity(point, point - other_center, dim=-1)
-    angle = torch.rad2deg(torch.arccos(cos_angle.clamp(-1.0, 1.0)))
+    seen_from_other = point - other_center
+    # atan2(|p x q|, p . q) stays accurate for tiny angles and tiny vectors
+    angle = torch.rad2deg(torch.atan2(torch.linalg.cross(point, seen_from_other, dim=-1).norm(dim=-1), (point * seen_from_other).sum(-1)))
     inlier = (
         torch.isfinite(depth) & (depth > 0) & (z_other > 0) & (error <= max_reprojection_error) & (angle >= min_triangulation_angle_deg)
     )
