@@ -134,9 +134,12 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
                 "(config.json + *.safetensors) or a Flax checkpoint; pass --backend to say which"
             )
     if kind == "pipeline":
-        from see3d_torch.generation.backends import See3DPipelineBackend
+        from see3d_torch.generation import backends
 
-        return See3DPipelineBackend(folder, device=device, **({"num_inference_steps": steps} if steps else {}))
+        if not hasattr(backends, "See3DPipelineBackend"):  # see3d_torch.pipeline landed after this command was written
+            raise ValueError(f"--weights {folder} is a released See3D folder, but the pipeline backend is not wired into "
+                             "generation yet; use see3d_torch.pipeline directly")
+        return backends.See3DPipelineBackend(folder, device=device, **({"num_inference_steps": steps} if steps else {}))
     if kind == "unet":
         from see3d_torch.generation.backends import TorchUNetBackend
 
