@@ -1,0 +1,182 @@
+"""Curation settings: one small dataclass per step, every SPEC.md threshold a default.
+
+Pixel thresholds are given at a reference resolution (`reference_short_side` for tracks and
+flow magnitudes) and scaled to the resolution the step actually runs at, so a decision does
+not change when the same video arrives at another size.
+
+A config file (JSON or TOML) holds one table per step, e.g.::
+
+    [downsample]
+    temporal_stride = 3
+    [viewpoint]
+    num_tracks = 200
+
+and `CurationConfig.with_options(temporal_stride=3)` changes single fields by name (field
+names are unique across steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DownsampleConfig:
+    """Step 1: keep every `temporal_stride`-th frame, at most `max_seconds`, short side <= `short_side`."""
+
+    temporal_stride: int = 2
+    short_side: int = 480
+    max_seconds: float = 150.0
+    frame_folder_fps: float = 30.0  # frame folders carry no frame rate
+    min_frames: int = 8  # fewer frames after downsampling: rejected "too_short"
+
+
+@dataclasses.dataclass(frozen=True)
+class SemanticConfig:
+    """Step 2: instance detection on the first frames; too many dynamic-class detections reject."""
+
+    detector: str = "maskrcnn"  # "maskrcnn" or "none"
+    detector_weights: str | None = None  # local Mask R-CNN weights; default: torch's hub cache
+    detector_frames: int = 21
+    detector_width: int = 1024
+    detector_height: int = 576
+    score_threshold: float = 0.5
+    dynamic_classes: tuple[str, ...] = ("person",)
+    max_detections: int = 10  # rejected when the total count over the frames is larger
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionConfig:
+    """Step 3: static-camera precheck, dense flow, Sampson error, dynamic masks."""
+
+    flow: str = "dis"  # "dis", "farneback" or "raft" (RAFT needs torchvision)
+    dis_preset: str = "fast"  # "ultrafast", "fast" or "medium"
+    flow_long_side: int = 768
+    max_flow_frames: int = 200
+    # precheck: Canny edge maps of every `precheck_step`-th of the first `precheck_frames` frames
+    precheck_frames: int = 20
+    precheck_step: int = 2
+    canny_low: int = 50
+    canny_high: int = 100
+    precheck_correlation: float = 0.7
+    precheck_min_static_pairs: int = 8
+    # early exit: >= early_exit_min_static of the first early_exit_pairs pairs barely move
+    early_exit_pairs: int = 21
+    early_exit_min_static: int = 20
+    static_flow_px: float = 0.4  # mean |u| + |v|, at flow_long_side
+    # forward-backward consistency |f + b(f)| < fb_relative (|f| + |b(f)|) + fb_absolute
+    fb_relative: float = 0.5
+    fb_absolute: float = 0.5
+    num_correspondences: int = 500
+    sampson_percentile: float = 80.0
+    sampson_threshold_divisor: float = 8100.0  # dynamic pixel: error > H * W / divisor (px^2)
+    dynamic_pixel_fraction: float = 1e-4  # a frame is dynamic above this mask fraction
+    dynamic_frame_ratio: float = 0.6  # a video is dynamic when this share of frames is
+    rigid_inlier_ratio: float = 0.7  # dynamic regions fit their own affine motion: "dynamic_objects"
+    rigid_tolerance_px: float = 1.0  # ... to within this many flow pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewpointConfig:
+    """Step 4: point tracks and a robust minimum enclosing circle per track."""
+
+    tracker: str = "klt"
+    num_tracks: int = 100
+    track_stride: int = 4
+    circle_fraction: float = 0.6  # the circle holds at least this share of a track's points
+    reference_short_side: int = 480  # the radii below are pixels at this short side
+    small_radius_px: float = 20.0
+    min_small_tracks: int = 40
+    mean_radius_px: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSplitConfig:
+    """Cut accepted videos into static clips."""
+
+    max_clip_frames: int = 32
+    min_clip_frames: int = 8
+    image_format: str = "png"
+
+
+SECTIONS = {
+    "downsample": DownsampleConfig,
+    "semantic": SemanticConfig,
+    "motion": MotionConfig,
+    "viewpoint": ViewpointConfig,
+    "clips": ClipSplitConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CurationConfig:
+    downsample: DownsampleConfig = DownsampleConfig()
+    semantic: SemanticConfig = SemanticConfig()
+    motion: MotionConfig = MotionConfig()
+    viewpoint: ViewpointConfig = ViewpointConfig()
+    clips: ClipSplitConfig = ClipSplitConfig()
+    seed: int = 0  # seeds the random correspondence samples (decisions are reproducible)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "CurationConfig":
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a table of sections {sorted(SECTIONS)}")
+        unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(SECTIONS)} or 'seed'")
+        parts = {}
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: section [{name}] must be a table, got {type(values).__name__}")
+            parts[name] = _build(section_cls, values, f"{source} [{name}]")
+        return cls(**parts, seed=int(raw.get("seed", 0)))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "CurationConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"curation config {path} does not exist")
+        text = path.read_text()
+        try:
+            raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"curation config {path}: cannot parse ({e}); expected JSON or TOML (.toml)") from None
+        return cls.from_dict(raw, str(path))
+
+    def with_options(self, **options: Any) -> "CurationConfig":
+        """A copy with single fields changed by name, e.g. `with_options(temporal_stride=3)`."""
+        sections = {name: getattr(self, name) for name in SECTIONS}
+        seed = options.pop("seed", self.seed)
+        for key, value in options.items():
+            owner = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            if not owner:
+                raise TypeError(f"unknown curation option {key!r}; see see3d_torch.curation.config for the fields")
+            sections[owner[0]] = _build(SECTIONS[owner[0]], {**dataclasses.asdict(sections[owner[0]]), key: value}, key)
+        return CurationConfig(**sections, seed=int(seed))
+
+
+def _build(section_cls, values: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(fields)}")
+    converted = {}
+    for key, value in values.items():
+        default = getattr(section_cls(), key)
+        if isinstance(default, tuple):
+            value = tuple(value)
+        elif default is not None and not isinstance(value, type(default)) and not (
+            isinstance(default, float) and isinstance(value, int)
+        ):
+            raise ValueError(f"{where}: field {key!r} must be {type(default).__name__}, got {value!r}")
+        converted[key] = value
+    return section_cls(**converted)

@@ -1,0 +1,104 @@
+"""Dense optical flow for curation: OpenCV DIS (default) or Farneback, RAFT when torchvision
+and its weights are present, and the forward-backward consistency test.
+
+A flow estimator is any callable `(gray0, gray1) -> flow [H, W, 2] float32` (pixels, x then y)
+mapping gray0's pixels into gray1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from see3d_torch.curation.config import MotionConfig
+
+FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+class FlowUnavailable(RuntimeError):
+    """The requested flow backend cannot run here (missing package or weights)."""
+
+
+def dis_flow(preset: str = "fast") -> FlowEstimator:
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"dis_preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    return lambda gray0, gray1: dis.calc(gray0, gray1, None)
+
+
+def farneback_flow() -> FlowEstimator:
+    return lambda gray0, gray1: cv2.calcOpticalFlowFarneback(gray0, gray1, None, 0.5, 4, 15, 3, 5, 1.2, 0)
+
+
+def raft_flow(weights: str | None = None) -> FlowEstimator:
+    """RAFT-large from torchvision, weights from `weights` or torch's hub cache; never downloads."""
+    try:
+        import torch
+        from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+    except Exception as e:  # torchvision from PyPI is a CUDA build that fails to import on CPU torch
+        raise FlowUnavailable(f"RAFT needs torchvision, which cannot be imported here ({type(e).__name__}: {e})") from None
+    from pathlib import Path
+
+    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / Path(Raft_Large_Weights.DEFAULT.url).name
+    if not path.is_file():
+        raise FlowUnavailable(f"RAFT weights not found at {path}")
+    model = raft_large(weights=None)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    model.eval()
+
+    def estimate(gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
+        h, w = gray0.shape
+        pad_h, pad_w = (-h) % 8, (-w) % 8  # RAFT works on multiples of 8
+
+        def tensor(g):
+            g = np.pad(g, ((0, pad_h), (0, pad_w)), mode="edge").astype(np.float32) / 127.5 - 1.0
+            return torch.from_numpy(np.repeat(g[None, None], 3, axis=1))
+
+        with torch.inference_mode():
+            flow = model(tensor(gray0), tensor(gray1))[-1][0]
+        return flow.permute(1, 2, 0).numpy()[:h, :w].astype(np.float32)
+
+    return estimate
+
+
+def make_flow(config: MotionConfig) -> tuple[FlowEstimator, str, str | None]:
+    """The configured estimator, its name, and why another one stands in (None if it does not).
+
+    RAFT falls back to DIS when torchvision or its weights are missing; the reason is recorded."""
+    if config.flow == "dis":
+        return dis_flow(config.dis_preset), f"dis-{config.dis_preset}", None
+    if config.flow == "farneback":
+        return farneback_flow(), "farneback", None
+    if config.flow == "raft":
+        try:
+            return raft_flow(), "raft", None
+        except FlowUnavailable as e:
+            return dis_flow(config.dis_preset), f"dis-{config.dis_preset}", f"raft unavailable: {e}"
+    raise ValueError(f"flow must be 'dis', 'farneback' or 'raft', got {config.flow!r}")
+
+
+def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Sample `image` at x + flow(x) (bilinear, border replicated)."""
+    h, w = flow.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def forward_backward_consistent(forward: np.ndarray, backward: np.ndarray, relative: float = 0.5, absolute: float = 0.5) -> np.ndarray:
+    """Pixels whose forward flow is undone by the backward flow at its end point:
+    |f + b(x + f)| < relative (|f| + |b(x + f)|) + absolute. Also false where x + f leaves the image."""
+    b_at_end = warp_by_flow(backward, forward)
+    error = np.linalg.norm(forward + b_at_end, axis=-1)
+    bound = relative * (np.linalg.norm(forward, axis=-1) + np.linalg.norm(b_at_end, axis=-1)) + absolute
+    h, w = forward.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    ex, ey = xs + forward[..., 0], ys + forward[..., 1]
+    inside = (ex >= 0) & (ex <= w - 1) & (ey >= 0) & (ey <= h - 1)
+    return (error < bound) & inside

@@ -1,0 +1,217 @@
+"""The per-video decision: steps 1-4 on frames in memory, with early exits.
+
+`decide(video, config)` runs semantic recognition, the static-camera precheck, flow with its
+early exit, dynamic masks and the small-viewpoint test, and returns a `Decision` with the
+numbers behind it and the static clip ranges. Writing files is the runner's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from see3d_torch.curation import detectors, flow, geometry, split, tracks
+from see3d_torch.curation.config import CurationConfig, MotionConfig
+from see3d_torch.curation.io import DownsampledVideo
+
+REASONS = ("unreadable", "too_short", "no_camera_motion", "small_viewpoint", "semantic_dynamic", "dynamic_objects", "non_rigid_motion")
+STEPS = ("downsample", "semantic", "motion", "viewpoint")
+FLOW_REFERENCE_LONG_SIDE = 768  # static_flow_px is given at this flow resolution (SPEC.md)
+
+
+@dataclasses.dataclass
+class PairMotion:
+    """Flow between two frames and what it says about rigidity."""
+
+    forward: np.ndarray  # [H, W, 2]
+    backward: np.ndarray
+    consistent: np.ndarray  # [H, W] bool, forward-backward consistent
+    fundamental: np.ndarray | None
+    sampson: np.ndarray  # [H, W] px^2, 0 where inconsistent or without F
+    mask: np.ndarray  # [H, W] bool dynamic pixels
+
+    @property
+    def mean_magnitude(self) -> float:
+        return float(np.abs(self.forward).sum(axis=-1).mean())
+
+    @property
+    def dynamic_fraction(self) -> float:
+        return float(self.mask.mean())
+
+
+def analyse_pair(gray0: np.ndarray, gray1: np.ndarray, estimate_flow: flow.FlowEstimator, config: MotionConfig,
+                 rng: np.random.Generator) -> PairMotion:
+    forward = estimate_flow(gray0, gray1)
+    backward = estimate_flow(gray1, gray0)
+    consistent = flow.forward_backward_consistent(forward, backward, config.fb_relative, config.fb_absolute)
+    F = geometry.fundamental_from_flow(forward, consistent, config.num_correspondences, rng)
+    if F is None:
+        sampson = np.zeros(gray0.shape, np.float32)
+    else:
+        # occluded or mismatched pixels have no trustworthy correspondence: they carry no evidence
+        sampson = np.where(consistent, geometry.sampson_error(F, forward), 0.0).astype(np.float32)
+    mask = geometry.dynamic_mask(sampson, config.sampson_percentile, config.sampson_threshold_divisor)
+    return PairMotion(forward, backward, consistent, F, sampson, mask)
+
+
+def flow_frames(frames: np.ndarray, long_side: int) -> list[np.ndarray]:
+    """Gray frames resized so the long side is at most `long_side` (never upscaled)."""
+    h, w = frames.shape[1:3]
+    scale = min(1.0, long_side / max(h, w))
+    size = (int(round(w * scale)), int(round(h * scale)))
+    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    return [cv2.resize(g, size, interpolation=cv2.INTER_AREA) if size != (w, h) else g for g in grays]
+
+
+@dataclasses.dataclass
+class Decision:
+    status: str  # "accepted" or "rejected"
+    reason: str | None
+    scores: dict[str, Any]
+    steps: dict[str, dict[str, str]]
+    clip_ranges: list[tuple[int, int]]  # [start, stop) in downsampled frames
+    timings: dict[str, float]
+
+
+def _round(values, digits: int = 4) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+class _Run:
+    """Bookkeeping of one decision: steps, scores, timings, early exits."""
+
+    def __init__(self):
+        self.steps: dict[str, dict[str, str]] = {}
+        self.scores: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.rejected: str | None = None
+        self._t = time.perf_counter()
+
+    def ran(self, step: str, **note: str) -> None:
+        self.steps[step] = {"status": "ran", **note}
+        now = time.perf_counter()
+        self.timings[step] = round(now - self._t, 4)
+        self._t = now
+
+    def skip(self, step: str, why: str) -> None:
+        self.steps[step] = {"status": "skipped", "why": why}
+        self._t = time.perf_counter()
+
+    def decision(self, clip_ranges=()) -> Decision:
+        for step in STEPS:
+            if step not in self.steps:
+                self.skip(step, f"rejected earlier: {self.rejected}")
+        status = "rejected" if self.rejected else "accepted"
+        return Decision(status, self.rejected, self.scores, self.steps, list(clip_ranges), self.timings)
+
+
+def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), detector: detectors.Detector | None = None,
+           detector_skip_reason: str | None = None, tracker: tracks.Tracker = tracks.klt_tracks, seed: int = 0) -> Decision:
+    """Accept or reject one downsampled video (steps 2-4; step 1 made `video`).
+
+    `detector=None` skips step 2 and records `detector_skip_reason`. `seed` makes the random
+    correspondence samples reproducible (the runner derives it from the video's path)."""
+    run = _Run()
+    frames = video.frames
+    n, h, w = frames.shape[:3]
+    run.scores["downsample"] = {"frames": int(n), "width": int(w), "height": int(h), "fps": round(video.fps, 4),
+                                "source_width": int(video.source_size[0]), "source_height": int(video.source_size[1])}
+    run.ran("downsample")
+    if n < config.downsample.min_frames:
+        run.rejected = "too_short"
+        return run.decision()
+
+    # step 2: semantic dynamic recognition
+    sem = config.semantic
+    if detector is None:
+        run.skip("semantic", detector_skip_reason or "no detector configured")
+    else:
+        found = detector.detect(frames[: sem.detector_frames])
+        counts = detectors.count_dynamic(found, sem.dynamic_classes, sem.score_threshold)
+        run.scores["semantic"] = {"detector": detector.name, "frames": min(n, sem.detector_frames),
+                                  "detections": counts, "total": int(sum(counts.values()))}
+        run.ran("semantic")
+        if sum(counts.values()) > sem.max_detections:
+            run.rejected = "semantic_dynamic"
+            return run.decision()
+
+    # step 3: static-camera precheck, flow with early exit, dynamic masks
+    mo = config.motion
+    grays = flow_frames(frames[: mo.max_flow_frames], mo.flow_long_side)
+    fh, fw = grays[0].shape
+    correlations = geometry.edge_correlations(grays[: mo.precheck_frames : mo.precheck_step], mo.canny_low, mo.canny_high)
+    static_pairs = int(np.sum(correlations >= mo.precheck_correlation))
+    motion_scores: dict[str, Any] = {"flow_width": fw, "flow_height": fh, "precheck_edge_correlations": _round(correlations),
+                                     "precheck_static_pairs": static_pairs}
+    run.scores["motion"] = motion_scores
+    if len(correlations) >= mo.precheck_min_static_pairs and static_pairs >= mo.precheck_min_static_pairs:
+        run.ran("motion", exit="static-camera precheck")
+        run.rejected = "no_camera_motion"
+        return run.decision()
+
+    estimate_flow, flow_name, flow_note = flow.make_flow(mo)
+    motion_scores["flow"] = flow_name
+    rng = np.random.default_rng(seed)
+    static_px = mo.static_flow_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
+    magnitudes, fractions, rigid_inliers, rigid_pixels = [], [], 0.0, 0
+    tolerance = mo.rigid_tolerance_px
+    for i in range(len(grays) - 1):
+        pair = analyse_pair(grays[i], grays[i + 1], estimate_flow, mo, rng)
+        magnitudes.append(pair.mean_magnitude)
+        fractions.append(pair.dynamic_fraction)
+        if pair.dynamic_fraction > mo.dynamic_pixel_fraction:
+            ratio, pixels = geometry.rigid_fit_ratio(pair.forward, pair.mask, pair.consistent, tolerance, rng)
+            if pixels:
+                rigid_inliers += ratio * pixels
+                rigid_pixels += pixels
+        if len(magnitudes) == mo.early_exit_pairs and sum(m <= static_px for m in magnitudes) >= mo.early_exit_min_static:
+            break
+    motion_scores.update({"static_flow_px": round(static_px, 4), "mean_abs_flow": _round(magnitudes),
+                          "dynamic_fractions": _round(fractions, 6)})
+    notes = {"flow": flow_name} | ({"flow_note": flow_note} if flow_note else {})
+    if len(magnitudes) <= mo.early_exit_pairs and len(magnitudes) < len(grays) - 1:
+        run.ran("motion", exit="flow early exit", **notes)
+        run.rejected = "no_camera_motion"
+        return run.decision()
+    dynamic_pairs = np.array(fractions) > mo.dynamic_pixel_fraction
+    dynamic_share = float(dynamic_pairs.mean())
+    motion_scores["dynamic_frame_share"] = round(dynamic_share, 4)
+    motion_scores["rigid_fit_ratio"] = round(rigid_inliers / rigid_pixels, 4) if rigid_pixels else None
+    run.ran("motion", **notes)
+    if dynamic_share >= mo.dynamic_frame_ratio:
+        rigid = rigid_pixels and rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio
+        run.rejected = "dynamic_objects" if rigid else "non_rigid_motion"
+        return run.decision()
+
+    # step 4: small viewpoint
+    vp = config.viewpoint
+    scale = min(h, w) / vp.reference_short_side
+    sampled = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames[:: vp.track_stride]]
+    point_tracks = tracker(sampled, vp.num_tracks)
+    radii, _ = tracks.track_radii(point_tracks, vp.circle_fraction)
+    small_radius, mean_limit = vp.small_radius_px * scale, vp.mean_radius_px * scale
+    num_small = int(np.sum(radii <= small_radius))
+    mean_radius = float(radii.mean()) if len(radii) else 0.0
+    run.scores["viewpoint"] = {
+        "tracker": getattr(tracker, "__name__", type(tracker).__name__), "tracked_frames": len(sampled),
+        "tracks": int(point_tracks.shape[1]), "tracks_measured": int(len(radii)),
+        "small_tracks": num_small, "small_radius_px": round(small_radius, 3),
+        "mean_radius": round(mean_radius, 4), "median_radius": round(float(np.median(radii)), 4) if len(radii) else 0.0,
+        "mean_radius_limit_px": round(mean_limit, 3),
+    }
+    run.ran("viewpoint")
+    if len(radii) == 0 or (num_small >= vp.min_small_tracks and mean_radius <= mean_limit):
+        run.rejected = "small_viewpoint"
+        return run.decision()
+
+    # clips: frames touched by a dynamic pair are dropped; frames past the flow range were not checked
+    per_frame = np.ones(n, bool)
+    per_frame[: len(grays)] = False
+    for i in np.flatnonzero(dynamic_pairs):
+        per_frame[i : i + 2] = True
+    cfg = config.clips
+    return run.decision(split.split_clips(per_frame, cfg.max_clip_frames, cfg.min_clip_frames))
