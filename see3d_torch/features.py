@@ -136,7 +136,10 @@ def match(
     else:
         uv_a, uv_b = DiskLightGlue(weights_dir, device, max_keypoints)(a, b)
     if ransac and len(uv_a) >= 8:
-        _, inliers = cv2.findFundamentalMat(uv_a, uv_b, cv2.USAC_MAGSAC, ransac_threshold, 0.999, 10000)
+        try:
+            _, inliers = cv2.findFundamentalMat(uv_a, uv_b, cv2.USAC_MAGSAC, ransac_threshold, 0.999, 10000)
+        except cv2.error:  # OpenCV 5 raises (instead of returning None) when USAC finds no model
+            inliers = None
         if inliers is not None:
             keep = inliers.ravel().astype(bool)
             uv_a, uv_b = uv_a[keep], uv_b[keep]
