@@ -1,0 +1,135 @@
+"""Per-camera pose refinement, per-image exposure compensation and pose error measures.
+
+Pose refinement learns, for every training camera, a rotation delta in the continuous 6D
+representation (Zhou et al. 2019: two columns, Gram-Schmidt) and a translation delta, both
+zero at the start, applied in the camera's own frame: `c2w' = c2w [R(d) | t]`.
+
+Exposure compensation learns a per-image, per-channel affine map `I' = (1 + g) I + b`
+(zero at the start), for views whose brightness differs (generated views often do).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from see3d_core.cameras import Camera, axis_angle_to_rotation, rotation_angle_deg
+
+_IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
+    """[..., 6] (two 3-vectors) -> rotation [..., 3, 3] whose first two columns follow them."""
+    a1, a2 = d6[..., :3], d6[..., 3:]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def invert_rigid(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid 4x4 transforms [..., 4, 4] (c2w <-> w2c), differentiable."""
+    R_t = T[..., :3, :3].transpose(-1, -2)
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = R_t
+    out[..., :3, 3] = -(R_t @ T[..., :3, 3:4])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+class CameraRefinement(nn.Module):
+    """Learned pose corrections for `num_cameras` cameras (identity at the start)."""
+
+    def __init__(self, num_cameras: int):
+        super().__init__()
+        if num_cameras < 1:
+            raise ValueError(f"num_cameras must be >= 1, got {num_cameras}")
+        self.rotation_deltas = nn.Parameter(torch.zeros(num_cameras, 6))
+        self.translation_deltas = nn.Parameter(torch.zeros(num_cameras, 3))
+        self.register_buffer("identity_6d", torch.tensor(_IDENTITY_6D))
+
+    def deltas(self, indices: torch.Tensor) -> torch.Tensor:
+        """[B, 4, 4] camera-frame corrections of the cameras `indices`."""
+        R = rotation_6d_to_matrix(self.rotation_deltas[indices] + self.identity_6d)
+        T = torch.zeros(R.shape[:-2] + (4, 4), dtype=R.dtype, device=R.device)
+        T[..., :3, :3] = R
+        T[..., :3, 3] = self.translation_deltas[indices]
+        T[..., 3, 3] = 1.0
+        return T
+
+    def forward(self, c2w: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Refined c2w [B, 4, 4] of the cameras `indices`, whose given c2w are `c2w` [B, 4, 4]."""
+        return c2w @ self.deltas(indices)
+
+
+class ExposureCompensation(nn.Module):
+    """Per-image affine colour correction `(1 + gain) * image + bias` (identity at the start)."""
+
+    def __init__(self, num_images: int):
+        super().__init__()
+        self.gains = nn.Parameter(torch.zeros(num_images, 3))
+        self.biases = nn.Parameter(torch.zeros(num_images, 3))
+
+    def forward(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """images [B, H, W, 3] of the views `indices` -> corrected images."""
+        gains = 1.0 + self.gains[indices][:, None, None, :]
+        return images * gains + self.biases[indices][:, None, None, :]
+
+
+# --- measuring pose errors ------------------------------------------------------------------------
+
+def _project_to_rotation(M: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(M)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
+def rotation_errors_deg(estimated: Sequence[Camera], reference: Sequence[Camera], align: bool = True) -> np.ndarray:
+    """Per-camera rotation error in degrees between two sets of cameras.
+
+    With `align`, a single global rotation is removed first (the best one in the chordal
+    sense): jointly refined cameras and scene are only defined up to such a change of frame.
+    """
+    if len(estimated) != len(reference) or not estimated:
+        raise ValueError(f"need the same non-zero number of cameras, got {len(estimated)} and {len(reference)}")
+    R_est = np.stack([c.c2w[:3, :3] for c in estimated])
+    R_ref = np.stack([c.c2w[:3, :3] for c in reference])
+    G = _project_to_rotation(np.einsum("nij,nkj->ik", R_ref, R_est)) if align else np.eye(3)
+    return np.array([rotation_angle_deg(G @ a, b) for a, b in zip(R_est, R_ref)])
+
+
+def translation_errors(estimated: Sequence[Camera], reference: Sequence[Camera], align: bool = True) -> np.ndarray:
+    """Per-camera distance between camera centres, after a similarity alignment (Umeyama)
+    of the estimated centres onto the reference ones when `align` is set."""
+    A = np.stack([c.center for c in estimated])
+    B = np.stack([c.center for c in reference])
+    if align and len(A) >= 3:
+        mu_a, mu_b = A.mean(0), B.mean(0)
+        Ac, Bc = A - mu_a, B - mu_b
+        U, S, Vt = np.linalg.svd(Bc.T @ Ac / len(A))
+        D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+        R = U @ D @ Vt
+        scale = np.trace(np.diag(S) @ D) / max((Ac**2).sum() / len(A), 1e-12)
+        A = scale * Ac @ R.T + mu_b
+    return np.linalg.norm(A - B, axis=1)
+
+
+def perturb_cameras(
+    cameras: Sequence[Camera], rotation_deg: float, translation: float, seed: int = 0
+) -> list[Camera]:
+    """Cameras rotated by exactly `rotation_deg` about a random axis and moved by exactly
+    `translation` (world units) in a random direction, each independently."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cam in cameras:
+        axis = rng.normal(size=3)
+        direction = rng.normal(size=3)
+        c2w = cam.c2w.copy()
+        c2w[:3, :3] = axis_angle_to_rotation(axis, np.deg2rad(rotation_deg)) @ c2w[:3, :3]
+        c2w[:3, 3] += translation * direction / np.linalg.norm(direction)
+        out.append(Camera(cam.K, c2w, cam.width, cam.height))
+    return out

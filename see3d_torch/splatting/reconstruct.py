@@ -1,0 +1,343 @@
+"""Gaussian Splatting reconstruction from posed views, with camera and exposure refinement.
+
+`reconstruct(images, cameras, depths=None, **options)` fits 3D Gaussians to the views:
+
+- initialisation from the depth maps (one Gaussian per sampled pixel, unprojected) or, without
+  depths, random Gaussians in the cameras' region;
+- Adam per parameter group with gsplat's defaults (means' rate scaled by the scene size and
+  decayed 100x over the run);
+- loss `(1 - l) L1 + l (1 - SSIM) + w_lpips LPIPS [+ w_depth |D - D_given|]` with l = 0.2
+  (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS);
+- adaptive density control with opacity reset (`densification.py`);
+- optional per-camera pose refinement (6D rotation + translation deltas) and per-image
+  exposure compensation (`camera_refinement.py`);
+- a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
+
+Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from see3d_core.cameras import Camera
+from see3d_torch import metrics
+from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, invert_rigid
+from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
+from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
+
+
+@dataclasses.dataclass
+class ReconstructionConfig:
+    steps: int = 1_000
+    time_limit_s: float | None = None  # stop early (after a whole step) when exceeded
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"  # rasterization backend: "auto", "torch" or "gsplat"
+    # initialisation
+    init: str = "auto"  # "depth" (needs depths), "random", or "auto" (depth when given)
+    init_points: int = 30_000
+    init_opacity: float = 0.5
+    init_footprint_px: float = 1.0  # depth init: Gaussian radius in pixels at its depth
+    sh_degree: int = 0  # the synthetic world is Lambertian; real views may want 3
+    sh_degree_interval: int = 1_000  # raise the active SH degree every this many steps
+    # learning rates (gsplat's defaults; means' rate is multiplied by the scene scale)
+    means_lr: float = 1.6e-4
+    means_lr_final_factor: float = 0.01
+    scales_lr: float = 5e-3
+    quats_lr: float = 1e-3
+    opacities_lr: float = 5e-2
+    sh0_lr: float = 2.5e-3
+    shN_lr: float = 2.5e-3 / 20
+    # loss
+    ssim_weight: float = 0.2
+    lpips_weight: float = 0.1
+    lpips_net: str = "alex"
+    depth_weight: float = 0.0  # L1 on the expected depth where a depth is given
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # densification (None: no densification)
+    densification: DensificationConfig | None = dataclasses.field(
+        default_factory=lambda: DensificationConfig(refine_start=100, refine_stop=700, refine_every=100, reset_every=3_000)
+    )
+    # camera pose refinement and exposure compensation
+    refine_cameras: bool = False
+    camera_rotation_lr: float = 2e-3
+    camera_translation_lr: float = 2e-3  # multiplied by the scene scale
+    camera_refine_start: int = 0
+    exposure_compensation: bool = False
+    exposure_lr: float = 2e-3
+    # evaluation on held-out views (indices into the given views, never trained on)
+    eval_views: tuple[int, ...] = ()
+    eval_every: int = 250
+    eval_lpips: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.init not in ("auto", "depth", "random"):
+            raise ValueError(f"init must be 'auto', 'depth' or 'random', got {self.init!r}")
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
+        if not 0.0 <= self.ssim_weight <= 1.0:
+            raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
+        if self.lpips_weight < 0 or self.depth_weight < 0:
+            raise ValueError("lpips_weight and depth_weight must be >= 0")
+        self.eval_views = tuple(int(i) for i in self.eval_views)
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """The result: Gaussians, the (refined) cameras of every given view, and the run's history."""
+
+    gaussians: Gaussians
+    cameras: list[Camera]  # refined for trained views when refine_cameras, else as given
+    train_views: list[int]
+    eval_views: list[int]
+    config: ReconstructionConfig
+    scene_scale: float
+    history: list[dict]  # per step: loss, num_gaussians, seconds
+    evaluations: list[dict]  # per evaluation: step, psnr, ssim, lpips on the held-out views
+    densification: list[dict]
+    exposure: dict | None = None  # per trained view: gains, biases
+
+    def render(self, cameras: Sequence[Camera], **options) -> tuple[np.ndarray, np.ndarray]:
+        """RGB [V, H, W, 3] and expected depth [V, H, W] seen from `cameras`."""
+        return self.gaussians.render_cameras(cameras, background=self.config.background, backend=self.config.backend, **options)
+
+    def evaluate(self, images: Sequence[np.ndarray], cameras: Sequence[Camera], lpips: bool = True) -> dict:
+        """Mean PSNR, SSIM (and LPIPS) of renders against `images` from `cameras`."""
+        return _evaluate(self.gaussians, _as_image_tensor(images, "images"), cameras, self.config, lpips)
+
+
+def _as_image_tensor(images: Sequence[np.ndarray], name: str) -> torch.Tensor:
+    arrays = []
+    for i, image in enumerate(images):
+        a = np.asarray(image)
+        if a.ndim != 3 or a.shape[2] < 3:
+            raise ValueError(f"{name}[{i}] must be [H, W, 3], got shape {a.shape}")
+        a = a[..., :3]
+        a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+        if a.min() < -1e-3 or a.max() > 1 + 1e-3:
+            raise ValueError(f"{name}[{i}] must be in [0, 1] (float) or uint8, got range [{a.min():.3g}, {a.max():.3g}]")
+        arrays.append(a)
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"{name} must all have one size, got {sorted({a.shape for a in arrays})}")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def scene_scale(cameras: Sequence[Camera]) -> float:
+    """1.1 x the largest distance of a camera centre from their mean (as gsplat), at least 1."""
+    centres = np.stack([c.center for c in cameras])
+    return float(max(1.1 * np.linalg.norm(centres - centres.mean(0), axis=1).max(), 1.0))
+
+
+def _camera_tensors(cameras: Sequence[Camera], device) -> tuple[torch.Tensor, torch.Tensor]:
+    c2w = torch.tensor(np.stack([c.c2w for c in cameras]), dtype=torch.float32, device=device)
+    Ks = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32, device=device)
+    return c2w, Ks
+
+
+def _render(gaussians_or_params, viewmats, Ks, width, height, config, sh_degree, render_mode="RGB"):
+    p = gaussians_or_params
+    sh = torch.cat([p["sh0"], p["shN"]], dim=1)
+    bg = torch.tensor(config.background, dtype=torch.float32, device=viewmats.device)[None].expand(len(viewmats), -1)
+    from see3d_torch.splatting.rasterization import rasterization
+
+    return rasterization(
+        p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["opacity_logits"]), sh,
+        viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=bg, render_mode=render_mode,
+        backend=config.backend,
+    )
+
+
+@torch.no_grad()
+def _evaluate(gaussians: Gaussians, images: torch.Tensor, cameras: Sequence[Camera], config, lpips: bool) -> dict:
+    if len(images) != len(cameras):
+        raise ValueError(f"evaluate needs one camera per image, got {len(images)} images and {len(cameras)} cameras")
+    device = gaussians.means.device
+    c2w, Ks = _camera_tensors(cameras, device)
+    values = {"psnr": [], "ssim": [], "lpips": []}
+    for i in range(len(cameras)):
+        out, _, _ = _render(gaussians.tensors(), invert_rigid(c2w[i : i + 1]), Ks[i : i + 1], cameras[i].width,
+                            cameras[i].height, config, gaussians.sh_degree)
+        pred = out[..., :3].clamp(0, 1).permute(0, 3, 1, 2)
+        target = images[i : i + 1].to(device).permute(0, 3, 1, 2)
+        values["psnr"].append(float(metrics.psnr(pred, target)[0]))
+        values["ssim"].append(float(metrics.ssim(pred, target)[0]))
+        if lpips:
+            values["lpips"].append(float(metrics.lpips(pred, target, net=config.lpips_net)[0]))
+    return {k: float(np.mean(v)) for k, v in values.items() if v}
+
+
+def reconstruct(
+    images: Sequence[np.ndarray],
+    cameras: Sequence[Camera],
+    depths: Sequence[np.ndarray] | None = None,
+    config: ReconstructionConfig | None = None,
+    **options: Any,
+) -> Reconstruction:
+    """Fit 3D Gaussians to posed views. `options` override fields of `ReconstructionConfig`."""
+    if config is None:
+        config = ReconstructionConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    start_time = time.perf_counter()
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    images_t = _as_image_tensor(images, "images")
+    cameras = list(cameras)
+    if len(cameras) != len(images_t):
+        raise ValueError(f"need one camera per image, got {len(images_t)} images and {len(cameras)} cameras")
+    height, width = images_t.shape[1:3]
+    for i, cam in enumerate(cameras):
+        if (cam.width, cam.height) != (width, height):
+            raise ValueError(f"camera {i} is {cam.width}x{cam.height} but the images are {width}x{height}")
+    if depths is not None:
+        depths = [np.asarray(d, dtype=np.float32) for d in depths]
+        if len(depths) != len(cameras) or any(d.shape != (height, width) for d in depths):
+            raise ValueError(f"depths must be {len(cameras)} arrays of shape ({height}, {width})")
+    eval_views = sorted(set(config.eval_views))
+    if any(not 0 <= i < len(cameras) for i in eval_views):
+        raise ValueError(f"eval_views must index the {len(cameras)} views, got {list(config.eval_views)}")
+    train_views = [i for i in range(len(cameras)) if i not in eval_views]
+    if not train_views:
+        raise ValueError("no training views left after holding out eval_views")
+    if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
+        metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
+
+    scale = scene_scale([cameras[i] for i in train_views])
+    init = config.init if config.init != "auto" else ("depth" if depths is not None else "random")
+    if init == "depth":
+        if depths is None:
+            raise ValueError("init='depth' needs depths")
+        gaussians = Gaussians.from_depths(
+            [images_t[i].numpy() for i in train_views], [depths[i] for i in train_views], [cameras[i] for i in train_views],
+            max_points=config.init_points, pixel_footprint=config.init_footprint_px, sh_degree=config.sh_degree,
+            opacity=config.init_opacity, seed=config.seed,
+        )
+    else:
+        centres = np.stack([cameras[i].center for i in train_views])
+        gaussians = Gaussians.random(config.init_points, centres.mean(0), 2.0 * scale, config.sh_degree, 0.1, config.seed)
+    gaussians = gaussians.to(device)
+
+    params = {name: nn.Parameter(t.clone()) for name, t in gaussians.tensors().items()}
+    learning_rates = {
+        "means": config.means_lr * scale, "quats": config.quats_lr, "log_scales": config.scales_lr,
+        "opacity_logits": config.opacities_lr, "sh0": config.sh0_lr, "shN": config.shN_lr,
+    }
+    optimizers = {name: torch.optim.Adam([params[name]], lr=learning_rates[name], eps=1e-15) for name in PARAMETER_NAMES}
+    means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
+    strategy = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
+
+    c2w_all, Ks_all = _camera_tensors(cameras, device)
+    train_index = torch.tensor(train_views, device=device)
+    camera_refinement = exposure = None
+    extra_optimizers = []
+    if config.refine_cameras:
+        camera_refinement = CameraRefinement(len(train_views)).to(device)
+        extra_optimizers.append(torch.optim.Adam([
+            {"params": [camera_refinement.rotation_deltas], "lr": config.camera_rotation_lr},
+            {"params": [camera_refinement.translation_deltas], "lr": config.camera_translation_lr * scale},
+        ]))
+    if config.exposure_compensation:
+        exposure = ExposureCompensation(len(train_views)).to(device)
+        extra_optimizers.append(torch.optim.Adam(exposure.parameters(), lr=config.exposure_lr))
+
+    targets = images_t.to(device)
+    depth_targets = torch.from_numpy(np.stack(depths)).to(device) if depths is not None and config.depth_weight > 0 else None
+    generator = np.random.default_rng(config.seed)
+    order: list[int] = []
+    history, evaluations = [], []
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.steps, desc="splatting", unit="step")
+
+    def current_gaussians() -> Gaussians:
+        return Gaussians(**{name: p.detach() for name, p in params.items()})
+
+    def run_evaluation(step: int) -> None:
+        if not eval_views:
+            return
+        result = _evaluate(current_gaussians(), targets[eval_views], [cameras[i] for i in eval_views], config, config.eval_lpips)
+        result["step"] = step
+        result["seconds"] = time.perf_counter() - start_time
+        evaluations.append(result)
+
+    step = 0
+    for step in range(config.steps):
+        if not order:
+            order = list(generator.permutation(len(train_views)))
+        slot = order.pop()
+        view = train_views[slot]
+        sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
+        slot_t = torch.tensor([slot], device=device)
+        c2w = c2w_all[view : view + 1]
+        if camera_refinement is not None and step >= config.camera_refine_start:
+            c2w = camera_refinement(c2w, slot_t)
+        render_mode = "RGB+ED" if depth_targets is not None else "RGB"
+        out, alphas, meta = _render(params, invert_rigid(c2w), Ks_all[view : view + 1], width, height, config, sh_degree, render_mode)
+        pred = out[..., :3]
+        if exposure is not None:
+            pred = exposure(pred, slot_t)
+        target = targets[view : view + 1]
+        l1 = (pred - target).abs().mean()
+        pred_nchw, target_nchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+        ssim = metrics.ssim(pred_nchw, target_nchw).mean()
+        loss = (1.0 - config.ssim_weight) * l1 + config.ssim_weight * (1.0 - ssim)
+        if config.lpips_weight > 0:
+            loss = loss + config.lpips_weight * metrics.lpips(pred_nchw.clamp(0, 1), target_nchw, net=config.lpips_net).mean()
+        if depth_targets is not None:
+            given = depth_targets[view : view + 1]
+            valid = torch.isfinite(given) & (given > 0) & (alphas[..., 0] > 0.5)
+            if valid.any():
+                loss = loss + config.depth_weight * (out[..., 3][valid] - given[valid]).abs().mean() / scale
+        loss.backward()
+        if strategy is not None:
+            strategy.step_post_backward(params, optimizers, meta, step)
+        for optimizer in [*optimizers.values(), *extra_optimizers]:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for group in optimizers["means"].param_groups:
+            group["lr"] *= means_decay
+        history.append({"step": step, "loss": float(loss), "l1": float(l1), "num_gaussians": params["means"].shape[0],
+                        "seconds": time.perf_counter() - start_time})
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss):.4f}", gaussians=params["means"].shape[0])
+        if eval_views and config.eval_every > 0 and (step + 1) % config.eval_every == 0:
+            run_evaluation(step + 1)
+        if config.time_limit_s is not None and time.perf_counter() - start_time > config.time_limit_s:
+            break
+    if progress is not None:
+        progress.close()
+    if eval_views and (not evaluations or evaluations[-1]["step"] != step + 1):
+        run_evaluation(step + 1)
+
+    refined = list(cameras)
+    exposure_values = None
+    with torch.no_grad():
+        if camera_refinement is not None:
+            c2w_refined = camera_refinement(c2w_all[train_index], torch.arange(len(train_views), device=device))
+            for slot, view in enumerate(train_views):
+                cam = cameras[view]
+                refined[view] = Camera(cam.K, c2w_refined[slot].double().cpu().numpy(), cam.width, cam.height)
+        if exposure is not None:
+            exposure_values = {
+                view: {"gains": (1.0 + exposure.gains[slot]).tolist(), "biases": exposure.biases[slot].tolist()}
+                for slot, view in enumerate(train_views)
+            }
+    return Reconstruction(
+        gaussians=current_gaussians(), cameras=refined, train_views=train_views, eval_views=eval_views, config=config,
+        scene_scale=scale, history=history, evaluations=evaluations,
+        densification=strategy.history if strategy else [], exposure=exposure_values,
+    )
