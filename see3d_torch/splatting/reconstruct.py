@@ -309,11 +309,11 @@ def reconstruct(
             optimizer.zero_grad(set_to_none=True)
         for group in optimizers["means"].param_groups:
             group["lr"] *= means_decay
-        history.append({"step": step, "loss": float(loss), "l1": float(l1), "num_gaussians": params["means"].shape[0],
+        history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
                         "seconds": time.perf_counter() - start_time})
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss):.4f}", gaussians=params["means"].shape[0])
+            progress.set_postfix(loss=f"{loss.item():.4f}", gaussians=params["means"].shape[0])
         if eval_views and config.eval_every > 0 and (step + 1) % config.eval_every == 0:
             run_evaluation(step + 1)
         if config.time_limit_s is not None and time.perf_counter() - start_time > config.time_limit_s:

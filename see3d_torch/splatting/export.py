@@ -1,0 +1,92 @@
+"""Writing a reconstruction to disk: the PLY, renders, depth maps, a fly-through video, the
+refined cameras and the metrics.
+
+Layout of `out_dir`:
+
+    splat.ply              standard 3DGS PLY (splat viewers open it)
+    cameras.json           the (refined) cameras of every view, kit trajectory JSON
+    renders/view_000.png   a render from every view's camera
+    depth/view_000.png     its expected depth, colour-mapped (near = bright)
+    depth/view_000.npy     the expected depth itself (float32, z-depth)
+    flythrough.mp4         renders along a smooth path through the cameras
+    metrics.json           evaluations on held-out views, final loss, counts, timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from see3d_core import trajectories
+from see3d_core.cameras import Camera
+from see3d_core.videos import write_mp4
+
+
+def depth_to_color(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
+    """A z-depth map [H, W] -> RGB uint8 [H, W, 3] (viridis, near = bright)."""
+    finite = depth[np.isfinite(depth) & (depth > 0)]
+    near = float(np.percentile(finite, 2)) if near is None and finite.size else (near or 0.0)
+    far = float(np.percentile(finite, 98)) if far is None and finite.size else (far or 1.0)
+    d = np.clip((depth - near) / max(far - near, 1e-9), 0.0, 1.0)
+    d = np.where(np.isfinite(d), d, 1.0)
+    return cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+
+
+def flythrough_cameras(cameras: Sequence[Camera], num_frames: int) -> list[Camera]:
+    """A smooth path through `cameras` in their order (slerp rotations, linear positions)."""
+    if len(cameras) == 1:
+        return [cameras[0]] * num_frames
+    return trajectories.interpolate(list(cameras), num_frames)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    image = rgb if rgb.dtype == np.uint8 else (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if not cv2.imwrite(str(path), image[..., ::-1]):
+        raise OSError(f"cannot write {path}")
+
+
+def export_reconstruction(
+    reconstruction,
+    out_dir: str | os.PathLike,
+    flythrough_frames: int = 60,
+    fps: float = 15.0,
+    path_cameras: Sequence[Camera] | None = None,
+) -> dict[str, str]:
+    """Write everything listed in the module docstring; returns the paths written."""
+    out = Path(out_dir)
+    (out / "renders").mkdir(parents=True, exist_ok=True)
+    (out / "depth").mkdir(parents=True, exist_ok=True)
+    written = {"ply": str(reconstruction.gaussians.save_ply(out / "splat.ply"))}
+    trajectories.save_json(out / "cameras.json", reconstruction.cameras)
+    written["cameras"] = str(out / "cameras.json")
+    images, depths = reconstruction.render(reconstruction.cameras)
+    for i, (rgb, depth) in enumerate(zip(images, depths)):
+        _write_png(out / "renders" / f"view_{i:03d}.png", rgb)
+        _write_png(out / "depth" / f"view_{i:03d}.png", depth_to_color(depth))
+        np.save(out / "depth" / f"view_{i:03d}.npy", depth.astype(np.float32))
+    written["renders"] = str(out / "renders")
+    written["depth"] = str(out / "depth")
+    if flythrough_frames > 0:
+        path = list(path_cameras) if path_cameras is not None else flythrough_cameras(reconstruction.cameras, flythrough_frames)
+        frames, _ = reconstruction.render(path)
+        write_mp4(out / "flythrough.mp4", (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8), fps=fps)
+        written["video"] = str(out / "flythrough.mp4")
+    summary = {
+        "num_gaussians": len(reconstruction.gaussians),
+        "steps": len(reconstruction.history),
+        "seconds": reconstruction.history[-1]["seconds"] if reconstruction.history else 0.0,
+        "final_loss": reconstruction.history[-1]["loss"] if reconstruction.history else None,
+        "train_views": reconstruction.train_views,
+        "eval_views": reconstruction.eval_views,
+        "evaluations": reconstruction.evaluations,
+        "densification": reconstruction.densification,
+        "exposure": reconstruction.exposure,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
+    written["metrics"] = str(out / "metrics.json")
+    return written
