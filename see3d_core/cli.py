@@ -109,9 +109,10 @@ def _depth_estimator(depth_model: str | None):
     return DepthAnything(depth_model)
 
 
-def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int | None = None):
+def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int | None = None, variant: str = "sparse"):
     """The model behind the generation loop, chosen by `--backend` (or by the folder's layout
-    with `auto`); each framework is imported only when chosen."""
+    with `auto`); each framework is imported only when chosen. `variant` picks the released
+    UNet (`single` or `sparse`) of a See3D folder."""
     if kind == "warp-only":
         from see3d_torch.generation.backends import WarpOnlyBackend
 
@@ -134,12 +135,9 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
                 "(config.json + *.safetensors) or a Flax checkpoint; pass --backend to say which"
             )
     if kind == "pipeline":
-        from see3d_torch.generation import backends
+        from see3d_torch.generation.backends import See3DPipelineBackend
 
-        if not hasattr(backends, "See3DPipelineBackend"):  # see3d_torch.pipeline landed after this command was written
-            raise ValueError(f"--weights {folder} is a released See3D folder, but the pipeline backend is not wired into "
-                             "generation yet; use see3d_torch.pipeline directly")
-        return backends.See3DPipelineBackend(folder, device=device, **({"num_inference_steps": steps} if steps else {}))
+        return See3DPipelineBackend(folder, variant=variant, device=device, num_inference_steps=steps)
     if kind == "unet":
         from see3d_torch.generation.backends import TorchUNetBackend
 
@@ -166,7 +164,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         cams = [inputs.default_camera(images[0].shape[1], images[0].shape[0], args.fov)]
     else:
         cams = inputs.estimate_cameras(images, args.fov)
-    backend = load_backend(args.backend, args.weights, args.device, args.steps)
+    variant = args.variant if args.variant != "auto" else ("single" if len(images) == 1 else "sparse")
+    backend = load_backend(args.backend, args.weights, args.device, args.steps, variant)
     estimator = _depth_estimator(args.depth_model)
     first_depth = estimator.predict(images[0], cams[0])
     first_depth = np.asarray(first_depth.detach().cpu() if hasattr(first_depth, "detach") else first_depth)
@@ -232,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--anchors", type=int, default=2, help="anchor views per iteration")
     gen.add_argument("--fov", type=float, default=60.0, help="horizontal field of view (degrees) assumed without --cameras")
     gen.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the backend's)")
+    gen.add_argument("--variant", default="auto", choices=("auto", "single", "sparse"),
+                     help="released See3D UNet (auto: single for one image, sparse for several)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     gen.set_defaults(func=_cmd_generate)

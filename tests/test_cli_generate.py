@@ -52,3 +52,61 @@ def test_demo_labels_its_fallback(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0
     assert "FALLBACK" in capsys.readouterr().out
     assert "NOT the generation demo" in (tmp_path / "d" / "FALLBACK.txt").read_text()
+
+
+# --- `see3d generate photo.jpg --weights MVD_weights`, on tiny random checkpoints ----------------
+
+from test_pipeline import release_root  # noqa: E402,F401  (tiny random folder in the released layout)
+
+
+@pytest.fixture(scope="module")
+def tiny_depth_anything(tmp_path_factory):
+    """A random Depth Anything in the transformers layout, its output kept positive (a relative
+    disparity) so that it can play the monocular estimator."""
+    torch = pytest.importorskip("torch")
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
+                            image_size=518, out_features=["stage1", "stage2"], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 32],
+                                 reassemble_factors=[2, 1], fusion_hidden_size=16, head_hidden_size=8)
+    torch.manual_seed(0)
+    model = DepthAnythingForDepthEstimation(config)
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(1.0)
+    folder = tmp_path_factory.mktemp("depth_anything")
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_generate_with_released_weights_layout(release_root, tiny_depth_anything, tmp_path, capsys):
+    import json
+
+    from see3d_core import trajectories
+    img = _png(tmp_path / "photo.png", size=40)
+    out = tmp_path / "run"
+    argv = ["generate", img, "--weights", str(release_root), "--depth-model", str(tiny_depth_anything),
+            "--views", "3", "--steps", "2", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == f"see3d:{release_root.name}/single"  # one image: the single-view UNet
+    assert summary["generated"] == 2 and summary["inputs"] == 1
+    cams = trajectories.load_json(out / "cameras.json")
+    assert len(cams) == 3 and cams[0].width == 16  # the tiny base model's size: sample 8 x VAE factor 2
+    record = json.loads((out / "generation.json").read_text())
+    assert [v["input"] for v in record["views"]] == [True] + [False] * 2
+    for sub, name in (("views", "view_002.png"), ("conditions", "condition_002.png"), ("masks", "mask_002.png"),
+                      ("depths", "depth_002.npy")):
+        assert (out / sub / name).is_file()
+    assert (out / "grid.png").is_file()
+    first = cv2_read(out / "views" / "view_001.png")
+    assert first.shape == (16, 16, 3) and first.std() > 0  # a decoded image, not a blank
+
+    assert cli.main(["generate", img, "--weights", str(tmp_path), "--backend", "pipeline", "--out", str(out)]) == 2
+    assert "scheduler" in capsys.readouterr().err  # names the first missing file of the layout
+
+
+def cv2_read(path):
+    import cv2
+
+    return cv2.imread(str(path))[..., ::-1]

@@ -20,6 +20,7 @@ Array conventions (every backend): images float32 [N, H, W, 3] in [0, 1]; masks 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -183,3 +184,35 @@ class TorchUNetBackend:
         final = sample(model_fn, scheduler, pixels, masks, is_reference, noise, context, sampler)
         out = (final[0, n_ref:].permute(0, 2, 3, 1).float().cpu().numpy() + 1) / 2
         return np.clip(out, 0, 1).astype(np.float32)
+
+
+class See3DPipelineBackend:
+    """The released See3D weights (`MVD_weights`: diffusers layout with `unet/{single,sparse,SR}`)
+    through `see3d_torch.pipeline.See3DPipeline`: latent space, the context of the first
+    reference (CLIP-H + empty prompt), guidance on the visual condition, DDIM.
+
+    `variant` picks the UNet: `single` (one input image) or `sparse` (several); the images are
+    generated at the base model's size (512 px for the release: the UNet's sample size times the
+    VAE factor). The 2x super-resolution stage is `see3d_torch.pipeline.generate_with_super_resolution`;
+    the loop runs at the base size because every generated view is warped again."""
+
+    def __init__(self, folder: str | Path, variant: str = "sparse", device: str = "cpu", num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, max_views: int = 8, torch_dtype=None):
+        from see3d_torch.pipeline import SamplingSettings, See3DPipeline
+
+        folder = Path(folder)
+        self.pipeline = See3DPipeline.from_pretrained(folder, variant=variant, device=device, torch_dtype=torch_dtype)
+        base = SamplingSettings.base()
+        self.settings = dataclasses.replace(
+            base,
+            num_inference_steps=int(num_inference_steps or base.num_inference_steps),
+            guidance_scale=float(base.guidance_scale if guidance_scale is None else guidance_scale),
+        )
+        side = int(self.pipeline.unet.config.sample_size) * self.pipeline.vae_factor
+        self.name = f"see3d:{folder.name}/{variant}"
+        self.image_size = (side, side)
+        self.max_views = int(max_views)
+
+    def generate(self, reference_images, target_images, target_masks, *, reference_cameras, target_cameras, seed, progress=None):
+        check_request(reference_images, target_images, target_masks)
+        return self.pipeline(reference_images, target_images, target_masks, seed=seed, settings=self.settings, progress=progress)
