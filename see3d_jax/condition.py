@@ -34,6 +34,7 @@ Variants for the paper's ablation (Table 3), `ConditionConfig.variant`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Literal
 
@@ -175,71 +176,76 @@ def _segment_distance(px, py, ax, ay, bx, by):
 
 def _hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> jax.Array:
     """A field [H, W] that is large inside the shapes and decreases away from them."""
-    k_stroke, k_box, k_ell, k_on, k_tie = jax.random.split(key, 5)
+    n, m, nb, ne = config.num_strokes, config.stroke_vertices, config.num_boxes, config.num_ellipses
+    # One draw for every random number (each jax.random call compiles its own generator).
+    sizes = {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "thick": n,
+             "box": 4 * nb, "ellipse": 5 * ne, "present": n + nb + ne}
+    u = jax.random.uniform(key, (sum(sizes.values()),))
+    draws, offset = {}, 0
+    for name, size in sizes.items():
+        draws[name], offset = u[offset:offset + size], offset + size
+
     ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
     xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
     py, px = jnp.meshgrid(ys, xs, indexing="ij")
     fields = []
 
     # Strokes: random walks of `stroke_vertices` points; field = 1 - distance / thickness.
-    ks = jax.random.split(k_stroke, 4)
-    n, m = config.num_strokes, config.stroke_vertices
-    start = jax.random.uniform(ks[0], (n, 1, 2))
-    angle = jax.random.uniform(ks[1], (n, m - 1), maxval=2 * math.pi)
-    length = jax.random.uniform(ks[2], (n, m - 1), minval=0.08, maxval=0.3)
+    start = draws["start"].reshape(n, 1, 2)
+    angle = draws["angle"].reshape(n, m - 1) * 2 * math.pi
+    length = 0.08 + 0.22 * draws["length"].reshape(n, m - 1)
     steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
     vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y)
-    thickness = jax.random.uniform(ks[3], (n,), minval=0.02, maxval=0.07)
+    thickness = 0.02 + 0.05 * draws["thick"]
     a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
     dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b)
     dist = dist.reshape(n, m - 1, height, width).min(axis=1)
     fields.append(1.0 - dist / thickness[:, None, None])
 
-    if config.num_boxes:
-        kb = jax.random.split(k_box, 2)
-        centre = jax.random.uniform(kb[0], (config.num_boxes, 2))
-        half = jax.random.uniform(kb[1], (config.num_boxes, 2), minval=0.04, maxval=0.22)
-        u = jnp.abs(px[None] - centre[:, 0, None, None]) / half[:, 0, None, None]
-        v = jnp.abs(py[None] - centre[:, 1, None, None]) / half[:, 1, None, None]
-        fields.append(1.0 - jnp.maximum(u, v))
+    if nb:
+        box = draws["box"].reshape(nb, 4)
+        centre, half = box[:, :2], 0.04 + 0.18 * box[:, 2:]
+        u_ = jnp.abs(px[None] - centre[:, 0, None, None]) / half[:, 0, None, None]
+        v_ = jnp.abs(py[None] - centre[:, 1, None, None]) / half[:, 1, None, None]
+        fields.append(1.0 - jnp.maximum(u_, v_))
 
-    if config.num_ellipses:
-        ke = jax.random.split(k_ell, 3)
-        centre = jax.random.uniform(ke[0], (config.num_ellipses, 2))
-        radii = jax.random.uniform(ke[1], (config.num_ellipses, 2), minval=0.04, maxval=0.25)
-        rot = jax.random.uniform(ke[2], (config.num_ellipses,), maxval=math.pi)
+    if ne:
+        ell = draws["ellipse"].reshape(ne, 5)
+        centre, radii, rot = ell[:, :2], 0.04 + 0.21 * ell[:, 2:4], ell[:, 4] * math.pi
         dx, dy = px[None] - centre[:, 0, None, None], py[None] - centre[:, 1, None, None]
-        c, s = jnp.cos(rot)[:, None, None], jnp.sin(rot)[:, None, None]
-        u = (c * dx + s * dy) / radii[:, 0, None, None]
-        v = (-s * dx + c * dy) / radii[:, 1, None, None]
-        fields.append(1.0 - jnp.sqrt(u * u + v * v))
+        c, s_ = jnp.cos(rot)[:, None, None], jnp.sin(rot)[:, None, None]
+        u_ = (c * dx + s_ * dy) / radii[:, 0, None, None]
+        v_ = (-s_ * dx + c * dy) / radii[:, 1, None, None]
+        fields.append(1.0 - jnp.sqrt(u_ * u_ + v_ * v_))
 
     field = jnp.concatenate(fields, axis=0)  # [num_shapes, H, W]
-    present = jax.random.bernoulli(k_on, config.shape_probability, (field.shape[0],)).at[0].set(True)
-    field = jnp.where(present[:, None, None], field, -jnp.inf).max(axis=0)
-    # A tiny deterministic jitter breaks ties so the coverage is exact.
-    return field + 1e-6 * jax.random.uniform(k_tie, field.shape)
+    present = (draws["present"] < config.shape_probability).at[0].set(True)
+    return jnp.where(present[:, None, None], field, -jnp.inf).max(axis=0)
 
 
 def random_masks(key: jax.Array, num: int, height: int, width: int, config: MaskConfig = MaskConfig()) -> jax.Array:
     """`num` random irregular masks [num, H, W, 1] float32 (1 = known, 0 = hole).
 
-    Deterministic in `key`; vectorised (vmap over masks) and jit-able for static sizes. The hole
-    fraction of each mask is uniform in [config.min_coverage, config.max_coverage] (exact up to
-    rounding to whole pixels).
+    Deterministic in `key`; vectorised (vmap over masks) and jit-compiled once per size and
+    shape counts (the coverage range is traced, so changing it does not recompile). The hole
+    fraction of each mask is uniform in [config.min_coverage, config.max_coverage], exact up
+    to rounding to whole pixels: the holes are the round(coverage * H * W) pixels where the
+    union of shapes' field is largest.
     """
     if num < 0 or height < 1 or width < 1:
         raise ValueError(f"random_masks: expected num >= 0 and a positive size, got {num}, {height}x{width}")
+    shapes = dataclasses.replace(config, min_coverage=0.0, max_coverage=1.0)
+    return _random_masks(key, jnp.float32(config.min_coverage), jnp.float32(config.max_coverage), num, height, width, shapes)
 
+
+@functools.partial(jax.jit, static_argnames=("num", "height", "width", "shapes"))
+def _random_masks(key, min_coverage, max_coverage, num, height, width, shapes):
     def one(k):
-        k_field, k_cov = jax.random.split(k)
-        field = _hole_field(k_field, height, width, config).reshape(-1)
-        coverage = jax.random.uniform(k_cov, (), minval=config.min_coverage, maxval=config.max_coverage)
+        field = _hole_field(k, height, width, shapes).reshape(-1)
+        coverage = jax.random.uniform(jax.random.fold_in(k, 1), (), minval=min_coverage, maxval=max_coverage)
         num_holes = jnp.round(coverage * field.size).astype(jnp.int32)
-        ordered = jnp.sort(field)[::-1]
-        threshold = ordered[jnp.maximum(num_holes - 1, 0)]
-        hole = (field >= threshold) & (num_holes > 0)
-        return jnp.where(hole, 0.0, 1.0).reshape(height, width, 1).astype(jnp.float32)
+        rank = jnp.argsort(jnp.argsort(-field))  # 0 = largest field value; ties by pixel index
+        return jnp.where(rank < num_holes, 0.0, 1.0).reshape(height, width, 1).astype(jnp.float32)
 
     return jax.vmap(one)(jax.random.split(key, num))
 
@@ -297,6 +303,7 @@ def visual_condition(
 
 # --- posed warps (MV-Posed) -----------------------------------------------------------------------
 
+@functools.partial(jax.jit, static_argnames=("fill_value",))
 def forward_warp_references(
     images: jax.Array,
     depths: jax.Array,

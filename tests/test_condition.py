@@ -1,0 +1,239 @@
+"""The visual condition: t', W, masks, V_t, training batches, posed warps; JAX/torch parity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from see3d_core import synthetic
+from see3d_jax import condition as jc, schedules as js
+from see3d_torch import condition as tc, schedules as ts
+
+SCHEDULE = js.make_noise_schedule(js.ScheduleConfig.see3d())
+# SPEC.md section 2: W by t, as printed there (3-4 significant digits).
+RELEASED_W = {999: 0.9986, 500: 0.857, 300: 0.800, 250: 0.378, 200: 0.179, 100: 0.040, 0: 0.0089}
+
+
+def test_released_mixture_weight_table():
+    t = np.array(list(RELEASED_W))
+    want = np.array(list(RELEASED_W.values()))
+    np.testing.assert_allclose(np.asarray(jc.mixture_weight(jnp.asarray(t))), want, atol=6e-4)
+    np.testing.assert_allclose(tc.mixture_weight(torch.tensor(t)).numpy(), want, atol=6e-4)
+
+
+def test_released_condition_timestep_and_weight_over_all_timesteps():
+    t = np.arange(1000)
+    t_prime = np.asarray(jc.condition_timestep(jnp.asarray(t)))
+    np.testing.assert_array_equal(t_prime, t // 5)
+    np.testing.assert_array_equal(tc.condition_timestep(torch.tensor(t)).numpy(), t // 5)
+    w = np.asarray(jc.mixture_weight(jnp.asarray(t)))
+    np.testing.assert_allclose(w, tc.mixture_weight(torch.tensor(t)).numpy(), atol=1e-6)
+    assert np.all(np.diff(w) >= 0) and w.min() > 0 and w.max() <= 1  # W decreases as t decreases
+    # continuous at the joint t' = 60 (t = 300..304) within one step of the exponential branch
+    assert abs(w[300] - 0.8) < 1e-6 and abs(w[299] - 0.8 * np.exp(-0.075)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        jc.ConditionConfig(timestep_map="linear", linear_ratio=0.5),
+        jc.ConditionConfig(timestep_map="sqrt", sqrt_scale=3.0),
+        jc.ConditionConfig(timestep_map=lambda t: t - 3, weight=lambda t: t / 500.0),
+        jc.ConditionConfig(weight="exponential", exp_rate=4.0),
+    ],
+)
+def test_other_schedules_are_bounded_and_agree_with_torch(config):
+    t = np.arange(1000)
+    t_prime = np.asarray(jc.condition_timestep(jnp.asarray(t), config))
+    w = np.asarray(jc.mixture_weight(jnp.asarray(t), config))
+    assert np.all((0 <= t_prime) & (t_prime <= t)) and np.all(np.diff(t_prime) >= 0)
+    assert np.all((0 <= w) & (w <= 1)) and np.all(np.diff(w) >= -1e-7)
+    twin = tc.ConditionConfig(**{f: getattr(config, f) for f in ("timestep_map", "linear_ratio", "sqrt_scale", "weight", "exp_rate")})
+    np.testing.assert_array_equal(tc.condition_timestep(torch.tensor(t), twin).numpy(), t_prime)
+    np.testing.assert_allclose(tc.mixture_weight(torch.tensor(t), twin).numpy(), w, atol=1e-6)
+    if config.weight == "exponential":
+        assert w[999] == pytest.approx(1.0) and w[0] == pytest.approx(np.exp(-4.0), rel=1e-5)
+    if config.timestep_map == "sqrt":
+        assert t_prime[999] == int(3.0 * np.sqrt(999))
+
+
+def test_bad_configs_name_the_field():
+    with pytest.raises(ValueError, match="variant"):
+        jc.ConditionConfig(variant="posed")
+    with pytest.raises(ValueError, match="timestep_map"):
+        tc.ConditionConfig(timestep_map="cubic")
+    with pytest.raises(ValueError, match="coverage"):
+        jc.MaskConfig(min_coverage=0.8, max_coverage=0.2)
+    with pytest.raises(ValueError, match="references"):
+        jc.ConditionConfig(min_references=0)
+    with pytest.raises(ValueError, match="views must be pixels"):
+        jc.build_training_batch(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 4)), SCHEDULE)
+    with pytest.raises(ValueError, match="posed_warp"):
+        jc.build_training_batch(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 3)), SCHEDULE, jc.ConditionConfig(variant="posed_warp"))
+
+
+# --- masks --------------------------------------------------------------------------------------
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), low=st.floats(0.0, 0.9), span=st.floats(0.0, 0.5))
+def test_mask_coverage_is_in_range_and_deterministic(seed, low, span):
+    config = jc.MaskConfig(min_coverage=low, max_coverage=min(low + span, 1.0))
+    masks = np.asarray(jc.random_masks(jax.random.key(seed), 3, 20, 24, config))
+    assert masks.shape == (3, 20, 24, 1) and set(np.unique(masks)) <= {0.0, 1.0}
+    coverage = 1.0 - masks.mean(axis=(1, 2, 3))
+    tolerance = 1.0 / (20 * 24)
+    assert np.all(coverage >= config.min_coverage - tolerance) and np.all(coverage <= config.max_coverage + tolerance)
+    np.testing.assert_array_equal(masks, np.asarray(jc.random_masks(jax.random.key(seed), 3, 20, 24, config)))
+
+
+def test_masks_differ_between_keys_and_are_irregular():
+    a = np.asarray(jc.random_masks(jax.random.key(1), 4, 32, 32))
+    b = np.asarray(jc.random_masks(jax.random.key(2), 4, 32, 32))
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])
+    # holes are not whole rows/columns or a single rectangle: their boundary is long
+    for m in a[..., 0]:
+        edges = np.abs(np.diff(m, axis=0)).sum() + np.abs(np.diff(m, axis=1)).sum()
+        assert edges > 2 * np.sqrt((1 - m).sum())
+
+
+def test_resize_masks_nearest_matches_torch_interpolate():
+    m = (np.random.default_rng(0).random((2, 3, 24, 40, 1)) > 0.5).astype(np.float32)
+    got = np.asarray(jc.resize_masks_nearest(jnp.asarray(m), 6, 10))
+    want = torch.nn.functional.interpolate(torch.tensor(m[..., 0]).reshape(6, 1, 24, 40), size=(6, 10), mode="nearest")
+    np.testing.assert_array_equal(got[..., 0], want.reshape(2, 3, 6, 10).numpy())
+    twin = tc.resize_masks_nearest(torch.tensor(np.moveaxis(m, -1, 2)), 6, 10)
+    np.testing.assert_array_equal(twin[:, :, 0].numpy(), got[..., 0])
+
+
+# --- V_t ----------------------------------------------------------------------------------------
+
+def _condition_inputs(seed=0, shape=(2, 3, 4, 5, 4)):
+    rng = np.random.default_rng(seed)
+    x_t = rng.normal(size=shape).astype(np.float32)
+    clean = rng.normal(size=shape).astype(np.float32)
+    masks = (rng.random(shape[:-1] + (1,)) > 0.5).astype(np.float32)
+    noise = rng.normal(size=shape).astype(np.float32)
+    is_ref = np.array([[True, False, False], [False, False, True]])
+    t = np.array([730, 120])
+    return x_t, clean, masks, noise, is_ref, t
+
+
+@pytest.mark.parametrize("variant", ["time_dependent", "masked"])
+def test_visual_condition_formula_and_torch_parity(variant):
+    x_t, clean, masks, noise, is_ref, t = _condition_inputs()
+    config = jc.ConditionConfig(variant=variant)
+    V, M = jc.visual_condition(SCHEDULE, *map(jnp.asarray, (x_t, clean, masks, is_ref, t, noise)), config)
+    abar = np.asarray(SCHEDULE.alphas_cumprod)[t // 5].reshape(-1, 1, 1, 1, 1)
+    w = np.asarray(jc.mixture_weight(jnp.asarray(t))).reshape(-1, 1, 1, 1, 1)
+    targets = clean if variant == "masked" else w * (np.sqrt(abar) * clean + np.sqrt(1 - abar) * noise) + (1 - w) * x_t
+    ref = is_ref[:, :, None, None, None]
+    np.testing.assert_allclose(np.asarray(V), np.where(ref, clean, targets), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(M), np.where(ref, 1.0, masks))
+    to_t = lambda a: torch.tensor(np.moveaxis(a, -1, 2))
+    scheduler = ts.make_ddim_scheduler(ts.ScheduleConfig.see3d())
+    tV, tM = tc.visual_condition(scheduler, to_t(x_t), to_t(clean), to_t(masks), torch.tensor(is_ref), torch.tensor(t), to_t(noise), tc.ConditionConfig(variant=variant))
+    np.testing.assert_allclose(np.moveaxis(tV.numpy(), 2, -1), np.asarray(V), atol=1e-5)
+    np.testing.assert_array_equal(np.moveaxis(tM.numpy(), 2, -1), np.asarray(M))
+
+
+# --- training batches ---------------------------------------------------------------------------
+
+def _views(B=2, N=4, H=16, W=16, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (B, N, H, W, 3), minval=-1.0, maxval=1.0)
+
+
+def test_training_batch_references_clean_targets_masked_and_deterministic():
+    views = _views()
+    config = jc.ConditionConfig(min_references=1, max_references=2)
+    build = jax.jit(lambda k: jc.build_training_batch(k, views, SCHEDULE, config))
+    batch = build(jax.random.key(5))
+    ref = np.asarray(batch.is_reference)
+    order = np.asarray(batch.view_order)
+    assert all(sorted(o) == list(range(4)) for o in order)
+    np.testing.assert_array_equal(np.asarray(batch.x0), np.take_along_axis(np.asarray(views), order[:, :, None, None, None], 1))
+    assert np.all((ref.sum(1) >= 1) & (ref.sum(1) <= 2)) and np.all(ref[:, 0])  # references first after shuffling
+    np.testing.assert_array_equal(np.asarray(batch.loss_mask), (~ref).astype(np.float32))
+    mask = np.asarray(batch.mask)
+    assert np.all(mask[ref] == 1.0) and np.all(mask[~ref].mean(axis=(1, 2, 3)) < 1.0)
+    np.testing.assert_array_equal(np.asarray(batch.x_t)[ref], np.asarray(batch.x0)[ref])
+    np.testing.assert_array_equal(np.asarray(batch.condition)[ref], np.asarray(batch.x0)[ref])
+    assert not np.allclose(np.asarray(batch.x_t)[~ref], np.asarray(batch.x0)[~ref])
+    again = build(jax.random.key(5))
+    for a, b in zip(jax.tree_util.tree_leaves(batch), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = build(jax.random.key(6))
+    assert not np.array_equal(np.asarray(other.mask), mask)
+
+
+@pytest.fixture(scope="module")
+def masked_pixel_batch():
+    return jax.jit(lambda k: jc.build_training_batch(k, _views(), SCHEDULE, jc.ConditionConfig(variant="masked")))(jax.random.key(2))
+
+
+def test_masked_variant_condition_is_black_filled_clean_views(masked_pixel_batch):
+    batch = masked_pixel_batch
+    known = np.asarray(batch.mask)[..., 0] > 0.5
+    cond, x0 = np.asarray(batch.condition), np.asarray(batch.x0)
+    np.testing.assert_array_equal(cond[known], x0[known])
+    assert (~known).any() and np.all(cond[~known] == -1.0)
+
+
+def test_latent_batches_fill_holes_in_pixel_space_before_encoding(masked_pixel_batch):
+    """With an encoder, V is built from E(fill(views)); masks are resized to latent size."""
+    factor = 4
+    def encode(pixels):  # average-pool "VAE": [B, K, H, W, 3] -> [B, K, H/4, W/4, 4]
+        B, K, H, W, _ = pixels.shape
+        pooled = pixels.reshape(B, K, H // factor, factor, W // factor, factor, 3).mean((3, 5))
+        return jnp.concatenate([pooled, pooled.mean(-1, keepdims=True)], -1)
+
+    views = _views()
+    config = jc.ConditionConfig(variant="masked")
+    batch = jax.jit(lambda k: jc.build_training_batch(k, views, SCHEDULE, config, encode_fn=encode))(jax.random.key(2))
+    assert batch.x0.shape == (2, 4, 4, 4, 4) and batch.mask.shape == (2, 4, 4, 4, 1)
+    # recompute the pixel masks: same key and config give the same shuffle/masks as a pixel batch
+    pixel_batch = masked_pixel_batch
+    filled = jc.fill_holes(pixel_batch.x0, pixel_batch.mask)
+    np.testing.assert_allclose(np.asarray(batch.condition), np.asarray(encode(filled)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(batch.mask), np.asarray(jc.resize_masks_nearest(pixel_batch.mask, 4, 4)))
+
+
+def cameras_world_points(frame, camera):
+    from see3d_core.cameras import depth_to_points
+    return depth_to_points(frame.depth, camera.K, camera.c2w)
+
+
+def test_posed_warp_variant_reproduces_targets_from_true_geometry():
+    scene = synthetic.make_scene(seed=3)
+    cameras = synthetic.default_orbit(scene, num_frames=12, width=32, height=32)[::2][:3]
+    frames = [synthetic.render(scene, c) for c in cameras]
+    views = jnp.asarray(np.stack([f.rgb for f in frames])[None] * 2.0 - 1.0, jnp.float32)
+    depths = jnp.asarray(np.stack([f.depth for f in frames])[None], jnp.float32)
+    K = jnp.asarray(np.stack([c.K for c in cameras])[None], jnp.float32)
+    c2w = jnp.asarray(np.stack([c.c2w for c in cameras])[None], jnp.float32)
+    warped, valid = jc.forward_warp_references(views, depths, K, c2w, jnp.array([[True, False, False]]))
+    warped, valid = np.asarray(warped[0]), np.asarray(valid[0, ..., 0]) > 0.5
+    assert valid[0].all()
+    np.testing.assert_allclose(warped[0], np.asarray(views[0, 0]), atol=1e-5)  # a reference warps onto itself
+    # geometry: warp the world points of the reference; where a point landed and the target sees
+    # the same surface, it must lie on the target pixel's ray within half a pixel's footprint
+    points = np.stack([cameras_world_points(f, c) for f, c in zip(frames, cameras)])[None]
+    warped_points, _ = jc.forward_warp_references(jnp.asarray(points, jnp.float32), depths, K, c2w, jnp.array([[True, False, False]]), fill_value=0.0)
+    for j in (1, 2):
+        assert 0.2 < valid[j].mean() < 1.0
+        target_points = points[0, j][valid[j]]
+        distance = np.linalg.norm(np.asarray(warped_points[0, j])[valid[j]] - target_points, axis=-1)
+        relative = distance / np.asarray(depths[0, j])[valid[j]]
+        assert np.median(relative) < 0.02, np.median(relative)  # f ~ 28 px: half a pixel ~ 1.8% of depth
+        err = (warped[j][valid[j]] - np.asarray(views[0, j])[valid[j]]) / 2.0
+        unwarped = (np.asarray(views[0, 0])[valid[j]] - np.asarray(views[0, j])[valid[j]]) / 2.0
+        psnr, baseline = -10 * np.log10(np.mean(err**2)), -10 * np.log10(np.mean(unwarped**2))
+        assert psnr > baseline + 3.0 and psnr > 17.0, (psnr, baseline)  # nearest splatting at 32 px
+        assert np.all(warped[j][~valid[j]] == -1.0)
+    config = jc.ConditionConfig(variant="posed_warp", min_references=1, max_references=1)
+    batch = jax.jit(lambda k: jc.build_training_batch(k, views, SCHEDULE, config, depths=depths, intrinsics=K, c2w=c2w))(jax.random.key(0))
+    ref = np.asarray(batch.is_reference[0])
+    assert ref.sum() == 1 and np.all(np.asarray(batch.mask)[0][ref] == 1.0)
+    assert 0.2 < np.asarray(batch.mask)[0][~ref].mean() < 1.0
