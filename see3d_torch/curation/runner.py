@@ -199,7 +199,7 @@ def _on_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dict[str,
 
 
 def curate(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, config: CurationConfig | str | os.PathLike | None = None,
-           workers: int = 1, ray: str | None = None, detector: detectors.Detector | None = None,
+           workers: int = 1, ray: str | None = None, detector: detectors.Detector | str | None = None,
            progress: bool = True, **options: Any) -> list[dict[str, Any]]:
     """Curate every video and frame folder under `input_dir` into `output_dir`.
 
@@ -207,11 +207,14 @@ def curate(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, confi
     fields (e.g. `temporal_stride=3`, `detector="none"`). `workers` processes run in parallel,
     or, with `ray` (a cluster address, or "local" to start one with `workers` CPUs), Ray tasks
     do (OUTPUT must then be on storage every node sees). `detector` replaces the configured
-    step-2 detector (anything with `name` and `detect`; picklable for workers). Videos already
+    step-2 detector (anything with `name` and `detect`; picklable for workers; a string names
+    the configured one, e.g. "none"). Videos already
     in `output_dir/manifest.jsonl` are skipped. Returns the records of this run."""
     input_root, output_root = Path(input_dir), Path(output_dir)
     if not input_root.is_dir():
         raise FileNotFoundError(f"curation input {input_root} is not a directory")
+    if isinstance(detector, str):
+        options["detector"], detector = detector, None
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if config is None:

@@ -1,0 +1,106 @@
+"""WebVi3D curation benchmark: decision accuracy on a labelled synthetic suite and throughput.
+
+    .venv/bin/python benchmarks/bench_curation.py                 # accuracy: 7 videos x 6 kinds
+    .venv/bin/python benchmarks/bench_curation.py --throughput    # + 480p frames/s on one core
+
+Accuracy: `see3d_core.videos.write_labelled_suite` (mp4s and frame folders of every kind) is
+curated without Mask R-CNN; prints the confusion matrix (kind x decision), per-step timings and
+whether the targets hold (>= 95% correct accept/reject, no static-camera or jitter video
+accepted). Throughput: 854x480 mp4s of moving cameras, one worker (one core), input frames per
+second end to end (decode, all steps, clip writing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def accuracy(work: Path, per_kind: int, seed: int) -> bool:
+    from see3d_core import videos
+    from see3d_torch.curation import curate
+
+    t = time.perf_counter()
+    labels = videos.write_labelled_suite(work / "suite", per_kind=per_kind, seed=seed)
+    print(f"rendered {len(labels)} labelled videos (320x240, 48 frames) in {time.perf_counter() - t:.0f} s")
+    t = time.perf_counter()
+    records = {r["video"]: r for r in curate(work / "suite", work / "out", detector="none", progress=False)}
+    wall = time.perf_counter() - t
+    confusion: dict[str, Counter] = defaultdict(Counter)
+    correct = 0
+    steps: dict[str, list[float]] = defaultdict(list)
+    for label in labels:
+        r = records[label["video"]]
+        decision = r["status"] if r["status"] == "accepted" else r["reason"]
+        confusion[label["kind"]][decision] += 1
+        correct += r["status"] == label["expected_status"]
+        for step, seconds in r["timings"].items():
+            steps[step].append(seconds)
+    columns = sorted({c for row in confusion.values() for c in row})
+    print("\nconfusion matrix (rows: kind, columns: decision)")
+    print(f"{'kind':15s}" + "".join(f"{c:>18s}" for c in columns))
+    for kind in videos.KINDS:
+        print(f"{kind:15s}" + "".join(f"{confusion[kind][c]:>18d}" for c in columns))
+    print("\nper-step time per video (s): mean / max")
+    for step, values in steps.items():
+        print(f"  {step:12s} {np.mean(values):.3f} / {np.max(values):.3f}")
+    share = correct / len(labels)
+    leaked = confusion["static_camera"]["accepted"] + confusion["jitter"]["accepted"]
+    print(f"\ncorrect accept/reject: {correct}/{len(labels)} = {100 * share:.1f}% (target >= 95%)")
+    print(f"static-camera or jitter videos accepted: {leaked} (target 0)")
+    print(f"curation wall time: {wall:.1f} s for {len(labels)} videos")
+    return share >= 0.95 and leaked == 0
+
+
+def throughput(work: Path, num_videos: int, num_frames: int) -> float:
+    import cv2
+
+    from see3d_core import videos
+    from see3d_torch.curation import curate
+
+    root = work / "hd"
+    root.mkdir()
+    for i in range(num_videos):
+        video = videos.make_video("moving_camera", 500 + i, num_frames=num_frames, width=854, height=480, fps=30.0)
+        videos.write_mp4(root / f"hd_{i:02d}.mp4", video.frames, video.fps)
+    cv2.setNumThreads(1)
+    t = time.perf_counter()
+    records = curate(root, work / "hd_out", detector="none", progress=False, workers=1)
+    seconds = time.perf_counter() - t
+    fps = num_videos * num_frames / seconds
+    accepted = sum(r["status"] == "accepted" for r in records)
+    steps = defaultdict(float)
+    for r in records:
+        for step, s in r["timings"].items():
+            steps[step] += s
+    print(f"\nthroughput: {num_videos} videos x {num_frames} frames, 854x480 mp4, 1 worker: {seconds:.1f} s, "
+          f"{fps:.1f} input frames/s per core (target >= 30); {accepted} accepted")
+    print("  time share: " + ", ".join(f"{k} {v / seconds * 100:.0f}%" for k, v in steps.items() if k != "total"))
+    return fps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-kind", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--hd-videos", type=int, default=4)
+    parser.add_argument("--hd-frames", type=int, default=120)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        ok = accuracy(Path(tmp), args.per_kind, args.seed)
+        print("accuracy targets met" if ok else "accuracy targets NOT met")
+        if args.throughput:
+            throughput(Path(tmp), args.hd_videos, args.hd_frames)
+
+
+if __name__ == "__main__":
+    main()

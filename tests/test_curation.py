@@ -1,0 +1,266 @@
+"""WebVi3D curation: geometry pieces, the decision on labelled synthetic videos, the runner
+(manifests, errors, resuming, workers, Ray) and the `see3d-curate` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from see3d_core import videos
+from see3d_core.cameras import invert_pose
+from see3d_core.clips import ClipDataset, read_manifest
+from see3d_torch.curation import CurationConfig, curate, geometry, io, pipeline, split, tracks
+from see3d_torch.curation.cli import main as cli_main
+from see3d_torch.curation.detectors import Detection, count_dynamic, load_detector, DetectorUnavailable
+from see3d_torch.curation.runner import reconcile
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+def _skew(t):
+    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+
+
+def test_sampson_error_is_zero_on_epipolar_lines_and_grows_off_them():
+    rng = np.random.default_rng(0)
+    K = np.array([[100.0, 0, 40], [0, 100, 30], [0, 0, 1]])
+    R = cv2.Rodrigues(np.array([0.0, 0.05, 0.0]))[0]
+    t = np.array([0.3, 0.02, 0.05])
+    F = np.linalg.inv(K).T @ _skew(t) @ R @ np.linalg.inv(K)
+    h, w = 60, 80
+    xs, ys = geometry.pixel_grid(h, w)
+    depth = rng.uniform(2, 6, size=(h, w))
+    rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(K).T
+    moved = (rays * depth[..., None]) @ R.T + t
+    projected = moved @ K.T
+    flow = (projected[..., :2] / projected[..., 2:]) - np.stack([xs, ys], -1)
+    assert geometry.sampson_error(F, flow.astype(np.float32)).max() < 1e-3
+    shifted = flow.copy()
+    line = F @ np.array([10.0, 10.0, 1.0])
+    normal = line[:2] / np.linalg.norm(line[:2])
+    shifted[10, 10] += 3.0 * normal  # 3 px off the epipolar line
+    error = geometry.sampson_error(F, shifted.astype(np.float32))
+    assert 2.0 < error[10, 10] < 9.5  # Sampson approximates the squared distance (here in both images)
+
+
+def test_dynamic_mask_keeps_blobs_and_drops_isolated_pixels():
+    error = np.zeros((90, 90), np.float32)
+    error[40:50, 40:50] = 100.0  # a moving object
+    error[5, 5] = 100.0  # a single bad flow vector
+    mask = geometry.dynamic_mask(error)
+    assert mask[45, 45] and not mask[5, 5]
+    assert mask[38, 45]  # dilated by the radius-2 disk
+
+
+def test_robust_circle_ignores_outliers():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(20, 2)) * 2 + 50
+    points[:5] += 300  # lost track jumping around
+    centre, radius = tracks.robust_enclosing_circle(points, 0.6)
+    assert radius < 8 and np.linalg.norm(centre - 50) < 4
+    _, full = tracks.robust_enclosing_circle(points, 1.0)
+    assert full > 100
+
+
+def test_split_clips_drops_dynamic_frames_and_caps_length():
+    dynamic = np.zeros(50, bool)
+    dynamic[20:22] = True
+    dynamic[47] = True
+    assert split.split_clips(dynamic, max_frames=12, min_frames=5) == [(0, 10), (10, 20), (22, 30), (30, 39), (39, 47)]
+    assert split.split_clips(dynamic, max_frames=40, min_frames=26) == []
+
+
+def test_config_file_and_options(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[downsample]\ntemporal_stride = 3\n[viewpoint]\nnum_tracks = 50\n")
+    config = CurationConfig.from_file(path).with_options(max_clip_frames=10)
+    assert (config.downsample.temporal_stride, config.viewpoint.num_tracks, config.clips.max_clip_frames) == (3, 50, 10)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"motion": {"flow_speed": 1}}))
+    with pytest.raises(ValueError, match="flow_speed"):
+        CurationConfig.from_file(bad)
+    with pytest.raises(TypeError, match="no_such_option"):
+        CurationConfig().with_options(no_such_option=1)
+
+
+def test_maskrcnn_missing_is_reported_not_passed():
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision importable here")
+    except Exception:
+        pass
+    with pytest.raises(DetectorUnavailable, match="torchvision"):
+        load_detector(CurationConfig().semantic)
+
+
+# --- decisions on labelled videos -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    kinds = ["moving_camera", "static_camera", "jitter", "non_rigid", "mixed"]
+    labels = []
+    for i, kind in enumerate(kinds):
+        video = videos.make_video(kind, 7 + i, num_frames=40, width=240, height=180)
+        (root / kind).mkdir()
+        if kind == "mixed":  # one frame folder among the mp4s
+            rel = f"{kind}/{kind}_0"
+            videos.write_frame_folder(root / rel, video.frames)
+        else:
+            rel = f"{kind}/{kind}_0.mp4"
+            videos.write_mp4(root / rel, video.frames, video.fps)
+        labels.append({"video": rel, **video.label()})
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00 ftypisom this is not a video")
+    (root / "empty.webm").write_bytes(b"")
+    return root, labels
+
+
+@pytest.fixture(scope="session")
+def curated(suite, tmp_path_factory):
+    root, _ = suite
+    out = tmp_path_factory.mktemp("curated")
+    records = curate(root, out, detector="none", progress=False)
+    return out, records
+
+
+def _by_video(records):
+    return {r["video"]: r for r in records}
+
+
+def test_labelled_decisions(suite, curated):
+    _, labels = suite
+    out, records = curated
+    by_video = _by_video(records)
+    for label in labels:
+        r = by_video[label["video"]]
+        assert r["status"] == label["expected_status"], (label["kind"], r["reason"], r["scores"])
+        if label["kind"] == "static_camera":
+            assert r["reason"] == "no_camera_motion"
+        if label["kind"] == "non_rigid":  # telling waving from moving is weaker than finding either
+            assert r["reason"] in ("non_rigid_motion", "dynamic_objects")
+        if label["kind"] == "jitter":
+            assert r["reason"] in ("no_camera_motion", "small_viewpoint")
+    mixed = by_video["mixed/mixed_0"]
+    dataset = ClipDataset(out / "clips")
+    assert dataset.validate() == sum(len(r["clips"]) for r in records) >= 2
+    # clips are runs of the downsampled frames of their source (stride 2)
+    for clip in mixed["clips"]:
+        info = json.loads((out / clip / "clip.json").read_text())
+        assert np.all(np.diff(info["frame_indices"]) == 2) and max(info["frame_indices"]) < 40
+        assert info["source"] == "mixed/mixed_0"
+
+
+def test_manifest_fields_and_skipped_semantic_step(curated):
+    _, records = curated
+    for r in records:
+        assert set(r) >= {"video", "status", "reason", "clips", "scores", "steps"}
+        assert (r["reason"] is None) == (r["status"] == "accepted")
+        assert r["reason"] in (None, *pipeline.REASONS)
+    accepted = next(r for r in records if r["status"] == "accepted")
+    assert accepted["steps"]["semantic"]["status"] == "skipped"
+    assert accepted["steps"]["motion"]["status"] == accepted["steps"]["viewpoint"]["status"] == "ran"
+    assert {"mean_abs_flow", "dynamic_fractions", "precheck_edge_correlations"} <= set(accepted["scores"]["motion"])
+    assert accepted["scores"]["viewpoint"]["tracks_measured"] > 0
+
+
+def test_corrupt_and_empty_inputs_are_errors_and_the_run_goes_on(curated):
+    _, records = curated
+    by_video = _by_video(records)
+    for name in ("broken.mp4", "empty.webm"):
+        assert by_video[name]["status"] == "error" and by_video[name]["reason"] == "unreadable"
+        assert name in by_video[name]["message"]
+    assert len(records) == 7
+
+
+class CrowdDetector:
+    """Fake detector: sees five people in every frame."""
+
+    name = "crowd"
+
+    def detect(self, frames):
+        return [[Detection("person", 0.9, (0, 0, 1, 1))] * 5 + [Detection("chair", 0.99, (0, 0, 1, 1))] for _ in frames]
+
+
+def test_detector_interface_rejects_crowds(suite, tmp_path):
+    root, _ = suite
+    small = tmp_path / "in"
+    small.mkdir()
+    shutil.copy(root / "moving_camera/moving_camera_0.mp4", small / "a.mp4")
+    (record,) = curate(small, tmp_path / "out", detector=CrowdDetector(), progress=False)
+    assert record["status"] == "rejected" and record["reason"] == "semantic_dynamic"
+    assert record["scores"]["semantic"]["detections"] == {"person": 5 * 20}  # 40 frames, stride 2: 20 of the first 21
+    assert record["steps"]["motion"]["status"] == "skipped"
+    assert count_dynamic([[Detection("person", 0.4, (0, 0, 1, 1))]], ["person"], 0.5) == {"person": 0}
+
+
+def test_resume_skips_done_videos_and_cleans_a_killed_run(suite, curated, tmp_path):
+    root, _ = suite
+    out, records = curated
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    assert curate(root, copy, detector="none", progress=False) == []
+    # simulate a run killed after writing the clips of the last video but before its manifest line
+    lines = (copy / "manifest.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    while not last["clips"]:
+        lines.pop()
+        last = json.loads(lines[-1])
+    kept = lines[: lines.index(json.dumps(last))]
+    (copy / "manifest.jsonl").write_text("\n".join(kept) + "\n" + lines[-1][:30])  # + a half-written line
+    (copy / "clips" / ".orphan.tmp-123").mkdir()
+    done = reconcile(copy)
+    assert last["video"] not in done
+    assert not (copy / last["clips"][0]).exists() and not (copy / "clips" / ".orphan.tmp-123").exists()
+    again = curate(root, copy, detector="none", progress=False)
+    assert [r["video"] for r in again] == [v for v in [json.loads(l)["video"] for l in lines] if v not in done]
+    assert ClipDataset(copy / "clips").validate() == sum(len(json.loads(l)["clips"]) for l in lines)
+    assert len(read_manifest(copy / "manifest.jsonl")) == len(records)
+
+
+def _comparable(records):
+    return sorted(({k: v for k, v in r.items() if k not in ("timings", "traceback")} for r in records), key=lambda r: r["video"])
+
+
+def test_workers_and_ray_give_identical_outputs(suite, curated, tmp_path):
+    root, _ = suite
+    out, records = curated
+    with_workers = curate(root, tmp_path / "w2", detector="none", progress=False, workers=2)
+    assert _comparable(with_workers) == _comparable(records)
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = curate(root, tmp_path / "ray", detector="none", progress=False, ray="auto")
+    finally:
+        ray.shutdown()
+    assert _comparable(on_ray) == _comparable(records)
+    names = sorted(p.name for p in (out / "clips").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ray" / "clips").iterdir()) == names
+    some_clip = next(p for p in names if p != "manifest.jsonl")
+    assert (out / "clips" / some_clip / "frame_000000.png").read_bytes() == (tmp_path / "ray" / "clips" / some_clip / "frame_000000.png").read_bytes()
+
+
+def test_cli(suite, tmp_path, capsys):
+    root, _ = suite
+    small = tmp_path / "in"
+    (small / "nested").mkdir(parents=True)
+    shutil.copy(root / "static_camera/static_camera_0.mp4", small / "nested" / "s.mp4")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"semantic": {"detector": "none"}}))
+    assert cli_main([str(small), str(tmp_path / "out"), "--config", str(config), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rejected"] == 1 and summary["reasons"] == {"no_camera_motion": 1}
+    assert cli_main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_downsampling_reads_stride_and_size(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, size=(9, 600, 800, 3), dtype=np.uint8)
+    videos.write_frame_folder(tmp_path / "f", frames)
+    video = io.read_downsampled(tmp_path / "f", CurationConfig().downsample)
+    assert video.frames.shape == (5, 480, 640, 3)
+    assert video.source_indices.tolist() == [0, 2, 4, 6, 8] and video.source_size == (800, 600)
+    assert io.find_inputs(tmp_path) == ["f"]
