@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from see3d_core.cameras import Camera, intrinsics_from_fov, look_at
-from see3d_torch.splatting import rasterization as R
+from see3d_torch.splatting import rendering as R
 from see3d_torch.splatting import tiled
 from see3d_torch.splatting.camera_refinement import CameraRefinement, invert_rigid
 from see3d_torch.splatting.gaussians import Gaussians

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from see3d_torch.splatting.rasterization import quaternion_to_rotation
+from see3d_torch.splatting.rendering import quaternion_to_rotation
 
 
 @dataclasses.dataclass

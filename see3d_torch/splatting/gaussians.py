@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from see3d_core.cameras import Camera, depth_to_points
-from see3d_torch.splatting.rasterization import rasterization
+from see3d_torch.splatting.rendering import rasterization
 
 SH_C0 = 0.28209479177387814
 PARAMETER_NAMES = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")

@@ -32,6 +32,7 @@ from see3d_torch import metrics
 from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, invert_rigid
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
+from see3d_torch.splatting.rendering import rasterization
 
 
 @dataclasses.dataclass
@@ -149,8 +150,6 @@ def _render(gaussians_or_params, viewmats, Ks, width, height, config, sh_degree,
     p = gaussians_or_params
     sh = torch.cat([p["sh0"], p["shN"]], dim=1)
     bg = torch.tensor(config.background, dtype=torch.float32, device=viewmats.device)[None].expand(len(viewmats), -1)
-    from see3d_torch.splatting.rasterization import rasterization
-
     return rasterization(
         p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["opacity_logits"]), sh,
         viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=bg, render_mode=render_mode,
