@@ -48,7 +48,7 @@ from see3d_jax import condition as cond
 from see3d_jax import schedules
 from see3d_jax.sharding import activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, variable_logical_axes
 from see3d_jax.train_config import TrainConfig, preset
-from see3d_jax.unet import UNet, forward_flops, save_weights
+from see3d_jax.unet import UNet, forward_flops, initial_parameters, save_weights
 
 EncodeFn = Callable[[jax.Array], jax.Array]
 
@@ -97,8 +97,7 @@ class Trainer:
         self.condition_config = condition_config(config)
         self.tx, self.lr = make_optimizer(config)
         dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-        self._make_model = lambda rngs: UNet(config.unet, rngs=rngs, dtype=dtype, remat=config.remat, attention=config.attention)  # noqa: E731
-        abstract = nnx.eval_shape(lambda: self._make_model(nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: UNet(config.unet, dtype=dtype, remat=config.remat, attention=config.attention))
         self.graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
         if jax.tree.leaves(rest):
             raise AssertionError("UNet holds state other than parameters; the train state would miss it")
@@ -118,11 +117,16 @@ class Trainer:
             spec = logical_to_spec(variable_logical_axes(var), var.get_value().shape, self.mesh, self.rules)
             _nested_set(param_shardings, path, NamedSharding(self.mesh, spec))
         self.param_shardings = param_shardings
-        init_shapes = jax.eval_shape(self._init_state, jax.random.key_data(jax.random.PRNGKey(0)))
-        opt_shardings = self._optimizer_shardings(init_shapes["opt_state"])
+        param_shapes = nnx.to_pure_dict(abstract_params)
+        opt_shapes = jax.eval_shape(self.tx.init, param_shapes)
+        opt_shardings = self._optimizer_shardings(opt_shapes)
         self.state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "ema": param_shardings}
-        self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
-        self.state_shapes = init_shapes
+        self.state_shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": param_shapes, "opt_state": opt_shapes, "ema": param_shapes}
+        self._init_rest = jax.jit(
+            lambda params: {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params),
+                            "ema": jax.tree.map(jnp.copy, params)},
+            in_shardings=(param_shardings,), out_shardings=self.state_shardings,
+        )
         self.batch_sharding = NamedSharding(self.mesh, batch_spec(5))
         self.train_step = jax.jit(
             self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
@@ -147,17 +151,16 @@ class Trainer:
 
         return jax.tree_util.tree_map_with_path(pick, opt_shapes)
 
-    def _init_state(self, key_data):
-        model = self._make_model(nnx.Rngs(jax.random.wrap_key_data(key_data)))
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params), "ema": params}
-
     def init_state(self, seed: int | None = None):
-        """A fresh train state, created directly in its shardings (nothing is materialised on
-        one device first, so `sd21` fits with FSDP)."""
-        key = jax.random.PRNGKey(self.config.seed if seed is None else seed)
+        """A fresh train state in its shardings. Parameters are drawn on the host (the same on
+        every host) and each device receives only its shard; optimizer state and EMA are made
+        on device."""
+        host = initial_parameters(nnx.eval_shape(lambda: UNet(self.config.unet)), self.config.seed if seed is None else seed)
+        params = jax.tree.map(
+            lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), host, self.param_shardings
+        )
         with jax.set_mesh(self.mesh):
-            return self._init(jax.random.key_data(key))
+            return self._init_rest(params)
 
     def model(self, params) -> UNet:
         """The UNet with `params` (a pure dict: train `params` or `ema`)."""

@@ -37,19 +37,22 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_zeros = nnx.initializers.zeros
-_default_kernel = nnx.initializers.lecun_normal()
+# Parameters are initialised on the host with numpy (`initial_parameters`): on CPU, jax's RNG
+# compiles once per parameter shape, which made building even the tiny model take ~40 s. The
+# jax initialisers below only give `nnx.eval_shape` its shapes; the "init" metadata says how
+# `initial_parameters` fills each parameter.
+_shape_only = nnx.initializers.zeros
 
 
-def _axes(*names):
-    return {"logical_axes": names}
+def _meta(axes, init):
+    return {"logical_axes": axes, "init": init}
 
 
 def linear(in_features: int, out_features: int, axes: tuple[str, str], rngs: nnx.Rngs, *, dtype, use_bias: bool = True, zero: bool = False) -> nnx.Linear:
     return nnx.Linear(
         in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=_zeros if zero else _default_kernel, kernel_metadata=_axes(*axes),
-        bias_metadata=_axes(axes[1]), rngs=rngs,
+        kernel_init=_shape_only, kernel_metadata=_meta(axes, "zeros" if zero else "fan_in_normal"),
+        bias_metadata=_meta((axes[1],), "zeros"), rngs=rngs,
     )
 
 
@@ -57,9 +60,9 @@ def conv(in_features: int, out_features: int, rngs: nnx.Rngs, *, dtype, kernel: 
     pad = kernel // 2  # torch-style symmetric padding (SAME would pad (0, 1) for stride 2)
     return nnx.Conv(
         in_features, out_features, kernel_size=(kernel, kernel), strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=_zeros if zero else _default_kernel,
-        kernel_metadata=_axes(None, None, "conv_in", "conv_out"), bias_metadata=_axes("conv_out"), rngs=rngs,
+        padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=jnp.float32, kernel_init=_shape_only,
+        kernel_metadata=_meta((None, None, "conv_in", "conv_out"), "zeros" if zero else "fan_in_normal"),
+        bias_metadata=_meta(("conv_out",), "zeros"), rngs=rngs,
     )
 
 
@@ -73,7 +76,7 @@ class GroupNorm32(nnx.GroupNorm):
 def group_norm(channels: int, groups: int, eps: float, rngs: nnx.Rngs) -> GroupNorm32:
     return GroupNorm32(
         channels, num_groups=groups, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
-        scale_metadata=_axes("norm"), bias_metadata=_axes("norm"), rngs=rngs,
+        scale_metadata=_meta(("norm",), "ones"), bias_metadata=_meta(("norm",), "zeros"), rngs=rngs,
     )
 
 
@@ -171,7 +174,7 @@ class FeedForward(nnx.Module):
 class BasicTransformerBlock(nnx.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, cfg: UNetConfig, dtype, rngs: nnx.Rngs, implementation):
         eps = cfg.layer_norm_eps
-        ln = lambda: nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, scale_metadata=_axes("norm"), bias_metadata=_axes("norm"), rngs=rngs)  # noqa: E731
+        ln = lambda: nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, scale_metadata=_meta(("norm",), "ones"), bias_metadata=_meta(("norm",), "zeros"), rngs=rngs)  # noqa: E731
         self.multiview = cfg.multiview_attention
         self.norm1, self.norm2, self.norm3 = ln(), ln(), ln()
         self.attn1 = Attention(dim, dim, heads, head_dim, dtype, rngs, implementation)
@@ -251,16 +254,19 @@ def _apply_layers(layers, h, emb, context, num_views: int):
 
 
 class UNet(nnx.Module):
-    """The multi-view UNet. `dtype` is the compute dtype; `remat` one of `REMAT_POLICIES`;
-    `attention` the `jax.nn.dot_product_attention` implementation (None = best available)."""
+    """The multi-view UNet. `seed` draws the initial parameters (`initial_parameters`; nothing
+    is drawn under `nnx.eval_shape`); `dtype` is the compute dtype; `remat` one of
+    `REMAT_POLICIES`; `attention` the `jax.nn.dot_product_attention` implementation (None =
+    best available)."""
 
-    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, remat: str = "none", attention: str | None = None):
+    def __init__(self, config: UNetConfig, *, seed: int = 0, dtype: Any = jnp.float32, remat: str = "none", attention: str | None = None):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"UNet: remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
         if attention not in (None, "xla", "cudnn"):
             raise ValueError(f"UNet: attention must be None, 'xla' or 'cudnn', got {attention!r}")
         cfg = self.config = config
         self.dtype, self.remat = dtype, remat
+        rngs = nnx.Rngs(0)  # unused by the shape-only initialisers; see `initial_parameters`
         mc, ted = cfg.model_channels, cfg.time_embed_dim
         block = lambda *a: nnx.List(list(a))  # noqa: E731
         st = lambda ch: SpatialTransformer(ch, cfg, dtype, rngs, attention)  # noqa: E731
@@ -300,6 +306,10 @@ class UNet(nnx.Module):
             group_norm(ch, cfg.norm_num_groups, cfg.resblock_norm_eps, rngs), SiLU(),
             conv(mc, cfg.out_channels, rngs, dtype=dtype, zero=True),
         ])
+        params = nnx.state(self, nnx.Param)
+        if all(type(x) is not jax.ShapeDtypeStruct and not isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+            nnx.replace_by_pure_dict(params, initial_parameters(self, seed))
+            nnx.update(self, params)
 
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
         cfg = self.config
@@ -333,6 +343,35 @@ class UNet(nnx.Module):
         for layer in self.out:
             h = layer(h)
         return h.astype(jnp.float32).reshape(b, v, hgt, wid, cfg.out_channels)
+
+
+def initial_parameters(model: nnx.Module, seed: int = 0) -> dict:
+    """Fresh parameters for `model` (concrete or from `nnx.eval_shape`) as a pure dict of numpy
+    float32 arrays: fan-in-scaled normal kernels, zero biases, unit norm scales and zero output
+    layers (as LDM's `zero_module`). Each parameter's draw depends only on `seed` and its name,
+    so every host of a multi-host job computes the same values."""
+    import zlib
+
+    import numpy as np
+
+    params: dict = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = tuple(var.get_value().shape)
+        kind = var.get_metadata().get("init", "fan_in_normal")
+        name = ".".join(map(str, path))
+        if kind == "zeros":
+            value = np.zeros(shape, np.float32)
+        elif kind == "ones":
+            value = np.ones(shape, np.float32)
+        else:
+            fan_in = int(np.prod(shape[:-1]))
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            value = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return params
 
 
 def count_parameters(model: nnx.Module) -> int:
@@ -442,7 +481,7 @@ def load_weights(directory, *, dtype: Any = jnp.float32, remat: str = "none", at
     if not weights.is_file():
         raise FileNotFoundError(f"UNet weights {weights} do not exist (expected config.json and {WEIGHTS_FILE})")
     config = UNetConfig.load(directory)
-    model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0), dtype=dtype, remat=remat, attention=attention))
+    model = nnx.eval_shape(lambda: UNet(config, dtype=dtype, remat=remat, attention=attention))
     tensors = load_file(str(weights))
     params = nnx.state(model, nnx.Param)
     expected = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}
