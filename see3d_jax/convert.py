@@ -39,7 +39,8 @@ from flax import nnx
 
 from see3d_core.released_layout import UNET_CONFIG, UNET_WEIGHTS, UNET_VARIANTS, read_unet_config, released_unet_dir
 from see3d_core.unet_config import UNetConfig
-from see3d_jax.unet import UNet
+from see3d_jax.unet import WEIGHTS_FILE as FLAX_UNET_WEIGHTS
+from see3d_jax.unet import UNet, load_weights
 from see3d_jax.vae import AutoencoderKL, VAEConfig
 
 PARAMS_DIR = "params"
@@ -178,7 +179,7 @@ def _abstract_model(config_path: Path) -> tuple[nnx.Module, int | None]:
         vae_config = VAEConfig.from_diffusers_config(raw, source=str(config_path))
         return nnx.eval_shape(lambda: AutoencoderKL(vae_config, rngs=nnx.Rngs(0))), None
     unet_config, camera_dim = read_unet_config(config_path)
-    return nnx.eval_shape(lambda: UNet(unet_config, rngs=nnx.Rngs(0))), camera_dim
+    return nnx.eval_shape(lambda: UNet(unet_config)), camera_dim
 
 
 def _write_config(model: nnx.Module, folder: Path) -> None:
@@ -243,14 +244,18 @@ def save_flax_checkpoint(model: nnx.Module, directory: str | Path) -> Path:
 
 
 def load_flax_checkpoint(directory: str | Path) -> nnx.Module:
-    """Rebuild the UNet or VAE from `config.json` and restore `params/` into it."""
+    """Rebuild the UNet or VAE from `config.json` and restore `params/` (orbax) into it. A UNet
+    weights export of the trainer (`WORKDIR/ema`: config.json + diffusion_flax_model.safetensors,
+    `see3d_jax.unet.save_weights`) is read too."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
     params = directory / PARAMS_DIR
+    if not params.is_dir() and (directory / FLAX_UNET_WEIGHTS).is_file():
+        return load_weights(directory)
     model, _ = _abstract_model(directory / UNET_CONFIG)
     if not params.is_dir():
-        raise FileNotFoundError(f"orbax checkpoint not found: {params}")
+        raise FileNotFoundError(f"orbax checkpoint not found: {params} (nor {directory / FLAX_UNET_WEIGHTS})")
     graphdef, abstract_params, rest = nnx.split(model, nnx.Param, ...)
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(params, abstract_params)
