@@ -52,8 +52,8 @@ def depth_to_camera_points(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor
     dtype = depth.dtype if depth.is_floating_point() else torch.float32
     ys, xs = torch.meshgrid(torch.arange(h, device=depth.device, dtype=dtype), torch.arange(w, device=depth.device, dtype=dtype), indexing="ij")
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # [H, W, 3]
-    rays = pix[None] @ torch.linalg.inv(K.to(dtype))[:, None].transpose(-1, -2)  # [B, H, W, 3], z = 1
-    return rays * depth[:, 0, ..., None].to(dtype)
+    rays = torch.matmul(pix.reshape(1, -1, 3), torch.linalg.inv(K.to(dtype)).transpose(1, 2))  # [B, HW, 3], z = 1
+    return rays.reshape(-1, h, w, 3) * depth[:, 0, ..., None].to(dtype)
 
 
 def surface_normals(points: torch.Tensor) -> torch.Tensor:
@@ -81,14 +81,15 @@ def project_to_destination(depth: torch.Tensor, K_src: torch.Tensor, K_dst: torc
     b, _, h, w = depth.shape
     points = depth_to_camera_points(depth, K_src)
     T = src_to_dst.to(points.dtype)
-    R = T[:, None, None, :3, :3]
-    cam = (R @ points[..., None])[..., 0] + T[:, None, None, :3, 3]
-    normals = (R @ surface_normals(points)[..., None])[..., 0]
+    Rt = T[:, :3, :3].transpose(1, 2)
+    flat = points.reshape(b, -1, 3)
+    cam = torch.baddbmm(T[:, None, :3, 3], flat, Rt)  # [B, HW, 3]
+    normals = torch.bmm(surface_normals(points).reshape(b, -1, 3), Rt)
     facing = (normals * cam).sum(-1) > 0
-    proj = cam @ K_dst.to(points.dtype)[:, None].transpose(-1, -2)
+    proj = torch.bmm(cam, K_dst.to(points.dtype).transpose(1, 2))
     z = proj[..., 2]
     uv = proj[..., :2] / z.clamp_min(1e-9)[..., None]
-    return uv, z, facing
+    return uv.reshape(b, h, w, 2), z.reshape(b, h, w), facing.reshape(b, h, w)
 
 
 def _same_surface_steps(src_depth: torch.Tensor, ok: torch.Tensor, dim: int) -> torch.Tensor:
@@ -184,30 +185,33 @@ def forward_warp(
     if cull_backfaces:
         src_ok &= facing
 
-    # candidate (source pixel, destination pixel, weight, depth) splats
-    pixel_id = torch.arange(b * h * w, device=image.device).reshape(b, h, w)
+    # candidate (source pixel, destination pixel, weight, depth) splats; the four bilinear
+    # corners are stacked into one [4, N] batch so each step is one vectorised op
+    n = b * h * w
+    u, v, zf, ok_f = uv[..., 0].reshape(1, n), uv[..., 1].reshape(1, n), z.reshape(1, n), src_ok.reshape(1, n)
     if splat == "nearest":
-        candidates = [(pixel_id, torch.round(uv[..., 0]), torch.round(uv[..., 1]), torch.ones_like(z), z)]
+        cx, cy, cw = torch.round(u), torch.round(v), torch.ones_like(u)
     else:
-        x0, y0 = torch.floor(uv[..., 0]), torch.floor(uv[..., 1])
-        fx, fy = uv[..., 0] - x0, uv[..., 1] - y0
-        candidates = [
-            (pixel_id, x0, y0, (1 - fx) * (1 - fy), z),
-            (pixel_id, x0 + 1, y0, fx * (1 - fy), z),
-            (pixel_id, x0, y0 + 1, (1 - fx) * fy, z),
-            (pixel_id, x0 + 1, y0 + 1, fx * fy, z),
-        ]
-        if max_stretch > 1:
-            candidates.append(_stretched_splats(uv, z, src_depth, src_ok, pixel_id, max_stretch))
-    index, weight, cand_z, source = [], [], [], []
-    for src_id, cx, cy, cw, cz in candidates:
-        batch = torch.div(src_id, h * w, rounding_mode="floor")
-        ok = src_ok.reshape(-1)[src_id] & (cx >= 0) & (cx <= wo - 1) & (cy >= 0) & (cy <= ho - 1) & (cw > 0)
-        index.append((batch * (ho * wo) + cy.clamp(0, ho - 1).long() * wo + cx.clamp(0, wo - 1).long())[ok])
-        weight.append(cw[ok])
-        cand_z.append(cz[ok])
-        source.append(src_id[ok])
-    index, weight, cand_z, source = (torch.cat(v) for v in (index, weight, cand_z, source))
+        x0, y0 = torch.floor(u), torch.floor(v)
+        fx, fy = u - x0, v - y0
+        corner_x = torch.tensor([[0.0], [1.0], [0.0], [1.0]], device=u.device, dtype=u.dtype)
+        corner_y = torch.tensor([[0.0], [0.0], [1.0], [1.0]], device=u.device, dtype=u.dtype)
+        cx, cy = x0 + corner_x, y0 + corner_y
+        wx = torch.cat([1 - fx, fx])
+        wy = torch.cat([1 - fy, fy])
+        cw = wx[[0, 1, 0, 1]] * wy[[0, 0, 1, 1]]
+    ok = ok_f & (cx >= 0) & (cx <= wo - 1) & (cy >= 0) & (cy <= ho - 1) & (cw > 0)
+    pixel_id = torch.arange(n, device=image.device)
+    batch_base = torch.div(pixel_id, h * w, rounding_mode="floor") * (ho * wo)
+    flat_index = batch_base + cy.long() * wo + cx.long()  # garbage where not ok, masked next
+    index, weight = flat_index[ok], cw[ok]
+    cand_z = zf.expand_as(cw)[ok]
+    source = pixel_id.expand_as(cw)[ok]
+    if splat != "nearest" and max_stretch > 1:
+        src_id, sx, sy, sw, sz = _stretched_splats(uv, z, src_depth, src_ok, pixel_id.reshape(b, h, w), max_stretch)
+        keep = (sx >= 0) & (sx <= wo - 1) & (sy >= 0) & (sy <= ho - 1) & (sw > 0)
+        index = torch.cat([index, (batch_base[src_id] + sy.long() * wo + sx.long())[keep]])
+        weight, cand_z, source = torch.cat([weight, sw[keep]]), torch.cat([cand_z, sz[keep]]), torch.cat([source, src_id[keep]])
 
     # z-buffer: the nearest surface per destination pixel, then who counts against it
     nearest = torch.full((b * ho * wo,), float("inf"), device=image.device, dtype=z.dtype)
