@@ -75,7 +75,7 @@ class DiskLightGlue:
         missing = [f for f in (DISK_WEIGHTS, LIGHTGLUE_WEIGHTS) if folder is None or not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(
-                f"match(method='disk_lightglue') needs weights_dir={str(folder)!r} to hold {missing}: kornia's DISK "
+                f"match(method='disk_lightglue') needs weights_dir={(str(folder) if folder is not None else None)!r} to hold {missing}: kornia's DISK "
                 f"checkpoint and LightGlue's DISK weights, downloaded beforehand (nothing is downloaded at run time)"
             )
         import kornia.feature as KF
