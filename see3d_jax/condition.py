@@ -413,13 +413,17 @@ def build_training_batch(
     min_refs = min(config.min_references, max_refs)
     if config.variant == "posed_warp" and (depths is None or intrinsics is None or c2w is None):
         raise ValueError("build_training_batch: variant 'posed_warp' needs depths, intrinsics and c2w of the views")
-    k_order, k_refs, k_masks, k_t, k_noise, k_cond = jax.random.split(key, 6)
+    k_draws, k_masks, k_noise = jax.random.split(key, 3)
+    # One uniform draw for order, reference count and t (each jax.random call compiles its own generator).
+    u = jax.random.uniform(k_draws, (B, N + 2))
+    order = jnp.argsort(u[:, :N], axis=1).astype(jnp.int32)  # a uniform random permutation per sample
+    num_refs = min_refs + jnp.floor(u[:, N] * (max_refs - min_refs + 1)).astype(jnp.int32)
+    num_refs = jnp.minimum(num_refs, max_refs)
+    t = jnp.minimum(jnp.floor(u[:, N + 1] * schedule.num_train_timesteps), schedule.num_train_timesteps - 1).astype(jnp.int32)
 
-    order = jax.vmap(lambda k: jax.random.permutation(k, N))(jax.random.split(k_order, B)).astype(jnp.int32)
     def shuffle(a):
         return None if a is None else jnp.take_along_axis(a, order.reshape((B, N) + (1,) * (a.ndim - 2)), axis=1)
     views, depths, intrinsics, c2w = shuffle(views), shuffle(depths), shuffle(intrinsics), shuffle(c2w)
-    num_refs = jax.random.randint(k_refs, (B,), min_refs, max_refs + 1)
     is_reference = jnp.arange(N)[None, :] < num_refs[:, None]
 
     if config.variant == "posed_warp":
@@ -437,11 +441,9 @@ def build_training_batch(
         x0, clean_condition = both[:, :N], both[:, N:]
     masks = resize_masks_nearest(pixel_masks, x0.shape[2], x0.shape[3])
 
-    t = jax.random.randint(k_t, (B,), 0, schedule.num_train_timesteps).astype(jnp.int32)
-    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    noise, condition_noise = jax.random.normal(k_noise, (2,) + x0.shape, x0.dtype)
     ref = is_reference[:, :, None, None, None]
     x_t = jnp.where(ref, x0, add_noise(schedule, x0, noise, t))
-    condition_noise = jax.random.normal(k_cond, x0.shape, x0.dtype)
     condition, masks = visual_condition(schedule, x_t, clean_condition, masks, is_reference, t, condition_noise, config)
     return TrainingBatch(
         x0=x0,
