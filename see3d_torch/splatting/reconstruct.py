@@ -42,9 +42,13 @@ class ReconstructionConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"  # rasterization backend: "auto", "torch" or "gsplat"
+    # torch intra-op threads during the run (restored after); None keeps torch's setting. The
+    # CPU renderer runs many small ops: on a busy machine 1 thread is much faster than 2
+    num_threads: int | None = None
     # initialisation
     init: str = "auto"  # "depth" (needs depths), "random", or "auto" (depth when given)
     init_points: int = 30_000
+    init_views: tuple[int, ...] | None = None  # depth init: views whose depths are used (default: all trained)
     init_opacity: float = 0.5
     init_footprint_px: float = 1.0  # depth init: Gaussian radius in pixels at its depth
     sh_degree: int = 0  # the synthetic world is Lambertian; real views may want 3
@@ -71,7 +75,7 @@ class ReconstructionConfig:
     refine_cameras: bool = False
     camera_rotation_lr: float = 2e-3
     camera_translation_lr: float = 2e-3  # multiplied by the scene scale
-    camera_refine_start: int = 0
+    camera_lr_final_factor: float = 0.01  # exponential decay over the run, like the means
     exposure_compensation: bool = False
     exposure_lr: float = 2e-3
     # evaluation on held-out views (indices into the given views, never trained on)
@@ -188,6 +192,16 @@ def reconstruct(
         config = ReconstructionConfig(**options)
     elif options:
         config = dataclasses.replace(config, **options)
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _reconstruct(images, cameras, depths, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Reconstruction:
     start_time = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
@@ -217,8 +231,11 @@ def reconstruct(
     if init == "depth":
         if depths is None:
             raise ValueError("init='depth' needs depths")
+        init_views = train_views if config.init_views is None else list(config.init_views)
+        if any(i not in train_views for i in init_views):
+            raise ValueError(f"init_views {list(config.init_views)} must be training views (not held out)")
         gaussians = Gaussians.from_depths(
-            [images_t[i].numpy() for i in train_views], [depths[i] for i in train_views], [cameras[i] for i in train_views],
+            [images_t[i].numpy() for i in init_views], [depths[i] for i in init_views], [cameras[i] for i in init_views],
             max_points=config.init_points, pixel_footprint=config.init_footprint_px, sh_degree=config.sh_degree,
             opacity=config.init_opacity, seed=config.seed,
         )
@@ -234,18 +251,20 @@ def reconstruct(
     }
     optimizers = {name: torch.optim.Adam([params[name]], lr=learning_rates[name], eps=1e-15) for name in PARAMETER_NAMES}
     means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
+    camera_decay = config.camera_lr_final_factor ** (1.0 / config.steps)
     strategy = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
 
     c2w_all, Ks_all = _camera_tensors(cameras, device)
     train_index = torch.tensor(train_views, device=device)
-    camera_refinement = exposure = None
+    camera_refinement = exposure = camera_optimizer = None
     extra_optimizers = []
     if config.refine_cameras:
         camera_refinement = CameraRefinement(len(train_views)).to(device)
-        extra_optimizers.append(torch.optim.Adam([
+        camera_optimizer = torch.optim.Adam([
             {"params": [camera_refinement.rotation_deltas], "lr": config.camera_rotation_lr},
             {"params": [camera_refinement.translation_deltas], "lr": config.camera_translation_lr * scale},
-        ]))
+        ])
+        extra_optimizers.append(camera_optimizer)
     if config.exposure_compensation:
         exposure = ExposureCompensation(len(train_views)).to(device)
         extra_optimizers.append(torch.optim.Adam(exposure.parameters(), lr=config.exposure_lr))
@@ -281,7 +300,7 @@ def reconstruct(
         sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
         slot_t = torch.tensor([slot], device=device)
         c2w = c2w_all[view : view + 1]
-        if camera_refinement is not None and step >= config.camera_refine_start:
+        if camera_refinement is not None:
             c2w = camera_refinement(c2w, slot_t)
         render_mode = "RGB+ED" if depth_targets is not None else "RGB"
         out, alphas, meta = _render(params, invert_rigid(c2w), Ks_all[view : view + 1], width, height, config, sh_degree, render_mode)
@@ -308,6 +327,8 @@ def reconstruct(
             optimizer.zero_grad(set_to_none=True)
         for group in optimizers["means"].param_groups:
             group["lr"] *= means_decay
+        for group in camera_optimizer.param_groups if camera_optimizer is not None else ():
+            group["lr"] *= camera_decay
         history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
                         "seconds": time.perf_counter() - start_time})
         if progress is not None:

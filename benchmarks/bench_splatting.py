@@ -1,0 +1,138 @@
+"""Gaussian Splatting benchmarks and acceptance runs (numbers go to benchmarks/RESULTS.md).
+
+    .venv/bin/python benchmarks/bench_splatting.py [--only render,reconstruct,cameras] [--threads N]
+
+- render: forward + backward of 10k Gaussians at 128x128 with the CPU renderer (and with
+  gsplat when a CUDA GPU and gsplat are present), median over repeats, wall and CPU time;
+- reconstruct: 24 views of 128x128 with exact cameras (every 8th held out), training stopped
+  at a 5-minute time limit; held-out PSNR/SSIM/LPIPS;
+- cameras: the same views with cameras perturbed by 2 degrees and 2% of the scene scale,
+  refined jointly; mean rotation error (after removing one global rotation) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+from see3d_core import synthetic
+
+
+def _median_time(fn, repeats: int) -> tuple[float, float]:
+    fn()  # warm-up
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+def bench_render(repeats: int) -> dict:
+    from see3d_torch.splatting import Gaussians, rasterization
+
+    scene = synthetic.make_scene(0)
+    cams = synthetic.default_orbit(scene, 8, 128, 128)
+    frames = [synthetic.render(scene, c) for c in cams]
+    # Gaussians as a reconstruction has them: on the surfaces, about a pixel wide
+    g = Gaussians.from_depths([f.rgb for f in frames], [f.depth for f in frames], cams, max_points=10_000, opacity=0.5)
+    results = {"num_gaussians": len(g), "size": "128x128"}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        params = {k: v.to(device).requires_grad_() for k, v in g.tensors().items()}
+        viewmats = torch.tensor(cams[0].w2c, dtype=torch.float32, device=device)[None]
+        Ks = torch.tensor(cams[0].K, dtype=torch.float32, device=device)[None]
+        target = torch.rand(1, 128, 128, 3, device=device)
+
+        def step():
+            img, _, _ = rasterization(params["means"], params["quats"], torch.exp(params["log_scales"]),
+                                      torch.sigmoid(params["opacity_logits"]), torch.cat([params["sh0"], params["shN"]], 1),
+                                      viewmats, Ks, 128, 128, sh_degree=0)
+            ((img - target) ** 2).mean().backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        wall, cpu = _median_time(step, repeats)
+        backend = "torch (CPU renderer)" if device == "cpu" else "gsplat"
+        results[backend] = {"forward_backward_s": wall, "cpu_s": cpu}
+    return results
+
+
+def _world(num_views: int, size: int):
+    scene = synthetic.make_scene(0)
+    cams = synthetic.default_orbit(scene, num_views, size, size)
+    frames = [synthetic.render(scene, c) for c in cams]
+    return scene, cams, [f.rgb for f in frames], [f.depth for f in frames]
+
+
+def bench_reconstruct(time_limit: float, num_threads: int | None) -> dict:
+    from see3d_torch.splatting import reconstruct
+
+    scene, cams, images, depths = _world(24, 128)
+    eval_views = tuple(range(4, 24, 8))
+    start = time.perf_counter()
+    result = reconstruct(images, cams, depths, steps=10_000, time_limit_s=time_limit, eval_views=eval_views,
+                         eval_every=100, num_threads=num_threads, progress=False)
+    final = result.evaluations[-1]
+    return {
+        "views": "24 x 128x128 (21 train, 3 held out)", "time_limit_s": time_limit,
+        "wall_s": time.perf_counter() - start, "steps": len(result.history), "num_gaussians": len(result.gaussians),
+        "held_out": {k: final[k] for k in ("psnr", "ssim", "lpips")},
+        "psnr_by_step": [(e["step"], round(e["psnr"], 2), round(e["seconds"], 1)) for e in result.evaluations],
+    }
+
+
+def bench_cameras(steps: int, num_threads: int | None) -> dict:
+    from see3d_torch.splatting import reconstruct
+    from see3d_torch.splatting.camera_refinement import perturb_cameras, rotation_errors_deg, translation_errors
+
+    scene, cams, images, depths = _world(24, 128)
+    noisy = perturb_cameras(cams, rotation_deg=2.0, translation=0.02 * scene.scale, seed=1)
+    start = time.perf_counter()
+    result = reconstruct(images, noisy, depths, steps=steps, refine_cameras=True, num_threads=num_threads, progress=False)
+    before, after = rotation_errors_deg(noisy, cams), rotation_errors_deg(result.cameras, cams)
+    return {
+        "perturbation": f"2 deg, {0.02 * scene.scale:.3f} m (2% of scene scale {scene.scale:.2f} m)",
+        "steps": steps, "wall_s": time.perf_counter() - start,
+        "rotation_error_deg": {"before": float(before.mean()), "after": float(after.mean()),
+                               "reduction": float(before.mean() / after.mean())},
+        "rotation_error_unaligned_deg": {"before": float(rotation_errors_deg(noisy, cams, align=False).mean()),
+                                         "after": float(rotation_errors_deg(result.cameras, cams, align=False).mean())},
+        "translation_error_m": {"before": float(translation_errors(noisy, cams).mean()),
+                                "after": float(translation_errors(result.cameras, cams).mean())},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="render,reconstruct,cameras")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--time-limit", type=float, default=300.0)
+    p.add_argument("--camera-steps", type=int, default=600)
+    args = p.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+    parts = set(args.only.split(","))
+    if "render" in parts:
+        report["render"] = bench_render(args.repeats)
+        print(json.dumps(report["render"], indent=1), flush=True)
+    if "reconstruct" in parts:
+        report["reconstruct"] = bench_reconstruct(args.time_limit, args.threads)
+        print(json.dumps(report["reconstruct"], indent=1), flush=True)
+    if "cameras" in parts:
+        report["cameras"] = bench_cameras(args.camera_steps, args.threads)
+        print(json.dumps(report["cameras"], indent=1), flush=True)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
