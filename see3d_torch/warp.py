@@ -27,6 +27,8 @@ the fringe of a disocclusion mixes foreground and background and is better regen
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -134,7 +136,9 @@ def _stretched_splats(uv, z, src_depth, src_ok, pixel_id, max_stretch: int):
     spacing = torch.maximum(jx.norm(dim=-1), jy.norm(dim=-1))
     stretched = src_ok & (spacing > 1.5) & (det.abs() > 1e-6)
     sel = stretched.nonzero(as_tuple=True)
-    r = max_stretch
+    # the window only needs to reach the farthest corner of the widest footprint
+    reach = (jx.abs() + jy.abs())[sel].amax() if sel[0].numel() else torch.zeros((), device=z.device)
+    r = int(min(max_stretch, math.ceil(float(reach))))
     offsets = torch.arange(-r, r + 1, device=z.device, dtype=z.dtype)
     oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")
     u, v = uv[sel][:, 0], uv[sel][:, 1]
@@ -200,21 +204,27 @@ def forward_warp(
         wx = torch.cat([1 - fx, fx])
         wy = torch.cat([1 - fy, fy])
         cw = wx[[0, 1, 0, 1]] * wy[[0, 0, 1, 1]]
+    # no compaction (boolean indexing is the slow part on CPU): invalid splats go to one extra
+    # "trash" pixel with zero weight and a neutral depth, dropped at the end
+    trash = b * ho * wo
     ok = ok_f & (cx >= 0) & (cx <= wo - 1) & (cy >= 0) & (cy <= ho - 1) & (cw > 0)
     pixel_id = torch.arange(n, device=image.device)
     batch_base = torch.div(pixel_id, h * w, rounding_mode="floor") * (ho * wo)
-    flat_index = batch_base + cy.long() * wo + cx.long()  # garbage where not ok, masked next
-    index, weight = flat_index[ok], cw[ok]
-    cand_z = zf.expand_as(cw)[ok]
-    source = pixel_id.expand_as(cw)[ok]
+    index = torch.where(ok, batch_base + cy.long() * wo + cx.long(), trash).reshape(-1)
+    weight = torch.where(ok, cw, 0.0).reshape(-1)
+    cand_z = torch.where(ok, zf, 1.0).reshape(-1)
+    colours = image.permute(0, 2, 3, 1).reshape(n, c)
+    source_rest = None
     if splat != "nearest" and max_stretch > 1:
         src_id, sx, sy, sw, sz = _stretched_splats(uv, z, src_depth, src_ok, pixel_id.reshape(b, h, w), max_stretch)
         keep = (sx >= 0) & (sx <= wo - 1) & (sy >= 0) & (sy <= ho - 1) & (sw > 0)
-        index = torch.cat([index, (batch_base[src_id] + sy.long() * wo + sx.long())[keep]])
-        weight, cand_z, source = torch.cat([weight, sw[keep]]), torch.cat([cand_z, sz[keep]]), torch.cat([source, src_id[keep]])
+        index = torch.cat([index, torch.where(keep, batch_base[src_id] + sy.long() * wo + sx.long(), trash)])
+        weight = torch.cat([weight, torch.where(keep, sw, 0.0)])
+        cand_z = torch.cat([cand_z, torch.where(keep, sz, 1.0)])
+        source_rest = src_id
 
     # z-buffer: the nearest surface per destination pixel, then who counts against it
-    nearest = torch.full((b * ho * wo,), float("inf"), device=image.device, dtype=z.dtype)
+    nearest = torch.full((trash + 1,), float("inf"), device=image.device, dtype=z.dtype)
     nearest.scatter_reduce_(0, index, cand_z, reduce="amin")
     ratio = cand_z / nearest[index] - 1.0
     if splat == "soft":
@@ -222,10 +232,17 @@ def forward_warp(
     else:
         weight = weight * (ratio <= depth_tolerance)
 
-    colours = image.permute(0, 2, 3, 1).reshape(-1, c)  # [B*H*W, C]
-    acc = torch.zeros(b * ho * wo, c + 1, device=image.device, dtype=colours.dtype)
-    values = torch.cat([colours[source], torch.ones_like(weight)[:, None].to(colours.dtype)], 1)
-    acc.index_add_(0, index, values * weight[:, None].to(colours.dtype))
+    # accumulate [colour * weight, weight] per corner: no [4N, C] copy of the colours
+    weight = weight.to(colours.dtype)
+    with_one = torch.cat([colours, torch.ones_like(colours[:, :1])], 1)
+    acc = torch.zeros(trash + 1, c + 1, device=image.device, dtype=colours.dtype)
+    for k in range(cw.shape[0]):
+        part = slice(k * n, (k + 1) * n)
+        acc.index_add_(0, index[part], with_one * weight[part, None])
+    if index.shape[0] > cw.shape[0] * n:
+        rest = slice(cw.shape[0] * n, None)
+        acc.index_add_(0, index[rest], with_one[source_rest] * weight[rest, None])
+    acc = acc[:trash]
     total = acc[:, c]
     known = total >= MIN_WEIGHT
     warped = torch.where(known[:, None], acc[:, :c] / total.clamp_min(1e-12)[:, None], torch.zeros_like(acc[:, :c]))
