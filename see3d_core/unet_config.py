@@ -158,9 +158,10 @@ def tiny() -> UNetConfig:
 
 
 def small() -> UNetConfig:
-    """For CPU experiments (the demo checkpoint): pixel space, 32x32 views, a few M parameters."""
+    """For CPU experiments (the demo checkpoint): pixel space, 32x32 views, 1.7M parameters
+    (~10.5 GFLOP per training sample of 4 views: trainable in minutes on a laptop CPU)."""
     return UNetConfig(
-        in_channels=7, out_channels=3, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+        in_channels=7, out_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
         attention_resolutions=(2, 4), num_head_channels=32, context_dim=64, norm_num_groups=32,
         pixel_space=True, sample_size=32, context_tokens=4,
     )

@@ -25,6 +25,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: dict[str, Any]) -> bool:
+        if self.manager.latest_step() == step:
+            return False  # already saved (e.g. a periodic save at the last step)
         return self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True
         )

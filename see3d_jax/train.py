@@ -136,17 +136,18 @@ class Trainer:
     # --- state --------------------------------------------------------------------------------
     def _optimizer_shardings(self, opt_shapes):
         """Optimizer moments take the layout of their parameters; scalars are replicated."""
-        flat_params = {
-            ".".join(map(str, path)): s for path, s in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]
-        }
+        def names(path):
+            return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+
+        by_name = {".".join(names(path)): s for path, s in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]}
         replicated = NamedSharding(self.mesh, PartitionSpec())
 
         def pick(path, leaf):
-            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-            for start in range(len(keys)):
-                name = ".".join(keys[start:])
-                if name in flat_params:
-                    return flat_params[name]
+            keys = names(path)
+            for start in range(len(keys)):  # the moments' paths end with their parameter's path
+                sharding = by_name.get(".".join(keys[start:]))
+                if sharding is not None:
+                    return sharding
             return replicated
 
         return jax.tree_util.tree_map_with_path(pick, opt_shapes)
@@ -353,8 +354,13 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     last_loss = float("nan")
     preempted = False
     window_start, window_steps = time.perf_counter(), 0
+    run_start = time.perf_counter()
     try:
         while step < config.steps:
+            if config.time_limit_minutes is not None and time.perf_counter() - run_start > 60 * config.time_limit_minutes:
+                logger.write({"step": step, "event": "time_limit"})
+                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+                break
             local = np.concatenate([next(it)["views"] for it in iterators], axis=0)
             t0 = time.perf_counter()
             state, metrics = trainer.step(state, trainer.global_batch(local))
@@ -391,8 +397,10 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
                 logger.write({"step": step, "event": "preempted", "checkpoint": step})
                 preempted = True
                 break
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0:
                 ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+        if not preempted and step == config.steps:
+            ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
         ckpt.wait()
         if not preempted:
             ema = jax.tree.map(lambda x: np.asarray(x), _gather(state["ema"]))

@@ -66,6 +66,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     tensorboard: bool = True
     peak_tflops_per_device: float | None = None  # for MFU; None: MFU is not reported
+    time_limit_minutes: float | None = None  # stop (checkpoint + EMA export) after this much training time
 
     def __post_init__(self):
         if self.batch_size % self.grad_accum_steps:
@@ -106,7 +107,7 @@ def tiny() -> TrainConfig:
 
 def small() -> TrainConfig:
     """CPU experiments and the demo checkpoint: the small pixel-space UNet on 32x32 views."""
-    return TrainConfig(unet=unet_config.small(), num_views=4, batch_size=8, steps=3000, learning_rate=3e-4, warmup_steps=200)
+    return TrainConfig(unet=unet_config.small(), num_views=4, batch_size=6, steps=3000, learning_rate=5e-4, warmup_steps=100)
 
 
 def sd21() -> TrainConfig:
