@@ -21,18 +21,21 @@ from see3d_torch.mono_depth import DepthDistortion
 from see3d_torch.warp import forward_warp
 
 
-def timed(fn, repeats: int, device: torch.device) -> np.ndarray:
+def timed(fn, repeats: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and process CPU milliseconds per call. On a shared, oversubscribed machine the CPU
+    time of a single-threaded run (OMP_NUM_THREADS=1) is what the call costs on a free core."""
     fn()  # warm up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return np.array(times) * 1000
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return np.array(wall) * 1000, np.array(cpu) * 1000
 
 
 def main() -> None:
@@ -53,22 +56,22 @@ def main() -> None:
     uv = torch.from_numpy(rng.uniform(0, args.size - 1, size=(args.keypoints, 2))).float().to(device)
     sparse = sample_at(true, uv)
     aligned = lwlr_align(mono, uv, sparse)
-    lwlr_ms = timed(lambda: lwlr_align(mono, uv, sparse), args.repeats, device)
+    lwlr_ms, lwlr_cpu = timed(lambda: lwlr_align(mono, uv, sparse), args.repeats, device)
 
     image = torch.from_numpy(src.rgb).permute(2, 0, 1)[None].to(device)
     depth = torch.from_numpy(src.depth)[None, None].to(device)
     K = torch.from_numpy(src.camera.K).float()[None].to(device)
     T = torch.from_numpy(dst.camera.w2c @ src.camera.c2w).float()[None].to(device)
     _, known = forward_warp(image, depth, K, K, T)
-    warp_ms = timed(lambda: forward_warp(image, depth, K, K, T), args.repeats, device)
+    warp_ms, warp_cpu = timed(lambda: forward_warp(image, depth, K, K, T), args.repeats, device)
 
     print(json.dumps({
         "benchmark": "depth_warp", "size": args.size, "keypoints": args.keypoints, "repeats": args.repeats,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_threads": torch.get_num_threads(),
-        "lwlr_median_ms": round(float(np.median(lwlr_ms)), 1), "lwlr_p90_ms": round(float(np.percentile(lwlr_ms, 90)), 1),
+        "lwlr_median_ms": round(float(np.median(lwlr_ms)), 1), "lwlr_p90_ms": round(float(np.percentile(lwlr_ms, 90)), 1), "lwlr_cpu_median_ms": round(float(np.median(lwlr_cpu)), 1),
         "lwlr_absrel": round(absolute_relative_error(aligned, true), 4),
-        "warp_median_ms": round(float(np.median(warp_ms)), 1), "warp_p90_ms": round(float(np.percentile(warp_ms, 90)), 1),
+        "warp_median_ms": round(float(np.median(warp_ms)), 1), "warp_p90_ms": round(float(np.percentile(warp_ms, 90)), 1), "warp_cpu_median_ms": round(float(np.median(warp_cpu)), 1),
         "warp_known_fraction": round(float(known.mean()), 3),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_1min": round(os.getloadavg()[0], 2),

@@ -41,6 +41,8 @@ def _check_inputs(image, depth, K_src, K_dst, src_to_dst):
     if image.dim() != 4:
         raise ValueError(f"forward_warp: image must be [B, C, H, W], got {tuple(image.shape)}")
     b, _, h, w = image.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"forward_warp: image must be at least 2x2 pixels, got {h}x{w}")
     if depth.shape != (b, 1, h, w):
         raise ValueError(f"forward_warp: depth must be [B, 1, H, W] = {(b, 1, h, w)} to match the image, got {tuple(depth.shape)}")
     for name, m, shape in (("K_src", K_src, (b, 3, 3)), ("K_dst", K_dst, (b, 3, 3)), ("src_to_dst", src_to_dst, (b, 4, 4))):
@@ -65,12 +67,11 @@ def surface_normals(points: torch.Tensor) -> torch.Tensor:
     the camera get normals pointing away from it (n . p > 0)."""
 
     def tangent(dim: int) -> torch.Tensor:
-        fwd = torch.diff(points, dim=dim, append=points.narrow(dim, points.shape[dim] - 1, 1))
-        bwd = torch.diff(points, dim=dim, prepend=points.narrow(dim, 0, 1))
+        n = points.shape[dim]
+        step = torch.diff(points, dim=dim)  # [.., n-1, ..]: step k joins pixels k and k+1
+        fwd = torch.cat([step, step.narrow(dim, n - 2, 1)], dim)  # the border pixels reuse
+        bwd = torch.cat([step.narrow(dim, 0, 1), step], dim)  # their only neighbour's step
         fwd_ok = fwd[..., 2].abs() <= bwd[..., 2].abs()
-        # at the border one side is zero: take the other one
-        fwd_ok = torch.where(fwd.abs().sum(-1) == 0, torch.zeros_like(fwd_ok), fwd_ok)
-        fwd_ok = torch.where(bwd.abs().sum(-1) == 0, torch.ones_like(fwd_ok), fwd_ok)
         return torch.where(fwd_ok[..., None], fwd, bwd)
 
     return torch.linalg.cross(tangent(2), tangent(1), dim=-1)
