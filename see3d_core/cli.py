@@ -192,7 +192,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from see3d_torch.generation.demo import reconstruct_run
 
     t0 = time.perf_counter()
-    written = reconstruct_run(Path(args.run), Path(args.out), steps=args.steps)
+    written = reconstruct_run(Path(args.run), Path(args.out), Path(args.cameras) if args.cameras else None, steps=args.steps,
+                              lpips_weight=args.lpips_weight, refine_cameras=args.refine_cameras, video_frames=args.video_frames)
     _print_summary("see3d reconstruct wrote", written, time.perf_counter() - t0)
     return 0
 
@@ -201,7 +202,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from see3d_torch.generation.demo import DemoConfig, run_demo
 
     t0 = time.perf_counter()
-    config = DemoConfig(seed=args.seed, num_views=args.views, splat_steps=args.splat_steps, checkpoint=args.weights)
+    config = DemoConfig(seed=args.seed, num_views=args.views, splat_steps=args.splat_steps, checkpoint=args.weights,
+                        num_inference_steps=args.steps, flythrough_frames=args.video_frames)
     written = run_demo(Path(args.out), config)
     _print_summary("see3d demo wrote", written, time.perf_counter() - t0)
     return 0
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--views", type=int, default=9, help="views along the orbit, the input included")
     demo.add_argument("--splat-steps", type=int, default=None, help="Gaussian Splatting steps (default: the demo's)")
     demo.add_argument("--weights", default=None, help="a torch UNet folder instead of the embedded small checkpoint")
+    demo.add_argument("--steps", type=int, default=25, help="diffusion steps")
+    demo.add_argument("--video-frames", type=int, default=48, help="fly-through length (0: no video)")
     demo.set_defaults(func=_cmd_demo)
 
     gen = sub.add_parser("generate", help="generate views along a trajectory from 1 to 6 images")
@@ -238,9 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     rec = sub.add_parser("reconstruct", help="Gaussian Splatting on the views of a `see3d generate` run")
-    rec.add_argument("run", help="output directory of `see3d generate`")
+    rec.add_argument("run", help="output directory of `see3d generate` (or a folder of images with --cameras)")
     rec.add_argument("--out", required=True, help="output directory")
-    rec.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    rec.add_argument("--cameras", default=None, help="cameras of a plain image folder (trajectory JSON / RealEstate10K .txt)")
+    rec.add_argument("--steps", type=int, default=1000, help="optimisation steps")
+    rec.add_argument("--lpips-weight", type=float, default=0.1, help="LPIPS term of the loss (0: off)")
+    rec.add_argument("--refine-cameras", action="store_true", help="learn per-camera pose corrections (estimated cameras)")
+    rec.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
     rec.set_defaults(func=_cmd_reconstruct)
 
     world = sub.add_parser("world", help="render a synthetic scene as a clip dataset with previews")

@@ -1,5 +1,5 @@
 """The `see3d` command's generation subcommands: argument errors name what is wrong, the
-backend is chosen from the weights folder's layout, and the demo says what it produced."""
+backend is chosen from the weights folder's layout, and the released-weights path runs on tiny checkpoints."""
 
 import numpy as np
 import pytest
@@ -43,15 +43,6 @@ def test_backend_is_chosen_from_the_folder_layout(tmp_path):
     (tmp_path / "odd").mkdir()
     with pytest.raises(ValueError, match="model_index.json"):
         cli.load_backend("auto", str(tmp_path / "odd"))
-
-
-def test_demo_labels_its_fallback(tmp_path, capsys, monkeypatch):
-    from see3d_torch.generation import demo
-
-    monkeypatch.setattr(demo, "missing_pieces", lambda config: ["checkpoint (test)"])
-    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0
-    assert "FALLBACK" in capsys.readouterr().out
-    assert "NOT the generation demo" in (tmp_path / "d" / "FALLBACK.txt").read_text()
 
 
 # --- `see3d generate photo.jpg --weights MVD_weights`, on tiny random checkpoints ----------------
