@@ -86,15 +86,15 @@ def test_gradients_match_dense_reference_including_camera_pose():
         s = random_scene(n=40, seed=1, requires_grad=True)
         refine = CameraRefinement(1)
         with torch.no_grad():
-            refine.rotation_deltas.add_(torch.tensor([[0.01, -0.02, 0.0, 0.01, 0.0, 0.02]]))
-            refine.translation_deltas.add_(torch.tensor([[0.03, -0.02, 0.01]]))
+            refine.rotation_deltas[0].add_(torch.tensor([0.01, -0.02, 0.0, 0.01, 0.0, 0.02]))
+            refine.translation_deltas[0].add_(torch.tensor([0.03, -0.02, 0.01]))
         w2c = invert_rigid(refine(invert_rigid(viewmats), torch.tensor([0])))
         img = render(s, w2c)
         loss = ((img - target) ** 2).sum()
         loss.backward()
         out = {k: v.grad.clone() for k, v in s.items()}
-        out["pose_rotation"] = refine.rotation_deltas.grad.clone()
-        out["pose_translation"] = refine.translation_deltas.grad.clone()
+        out["pose_rotation"] = refine.rotation_deltas[0].grad.clone()
+        out["pose_translation"] = refine.translation_deltas[0].grad.clone()
         return out
 
     def tiled_render(s, w2c):

@@ -42,26 +42,33 @@ def invert_rigid(T: torch.Tensor) -> torch.Tensor:
 
 
 class CameraRefinement(nn.Module):
-    """Learned pose corrections for `num_cameras` cameras (identity at the start)."""
+    """Learned pose corrections for `num_cameras` cameras (identity at the start).
+
+    Every camera has its own parameter tensors, so that an optimiser stepping after a render
+    of some cameras moves only those (Adam skips parameters without a gradient); with one
+    [V, 6] tensor, Adam's momentum would keep moving every camera on every step."""
 
     def __init__(self, num_cameras: int):
         super().__init__()
         if num_cameras < 1:
             raise ValueError(f"num_cameras must be >= 1, got {num_cameras}")
-        self.rotation_deltas = nn.Parameter(torch.zeros(num_cameras, 6))
-        self.translation_deltas = nn.Parameter(torch.zeros(num_cameras, 3))
+        self.rotation_deltas = nn.ParameterList([nn.Parameter(torch.zeros(6)) for _ in range(num_cameras)])
+        self.translation_deltas = nn.ParameterList([nn.Parameter(torch.zeros(3)) for _ in range(num_cameras)])
         self.register_buffer("identity_6d", torch.tensor(_IDENTITY_6D))
 
-    def deltas(self, indices: torch.Tensor) -> torch.Tensor:
+    def deltas(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """[B, 4, 4] camera-frame corrections of the cameras `indices`."""
-        R = rotation_6d_to_matrix(self.rotation_deltas[indices] + self.identity_6d)
+        indices = [int(i) for i in indices]
+        rotation = torch.stack([self.rotation_deltas[i] for i in indices])
+        translation = torch.stack([self.translation_deltas[i] for i in indices])
+        R = rotation_6d_to_matrix(rotation + self.identity_6d)
         T = torch.zeros(R.shape[:-2] + (4, 4), dtype=R.dtype, device=R.device)
         T[..., :3, :3] = R
-        T[..., :3, 3] = self.translation_deltas[indices]
+        T[..., :3, 3] = translation
         T[..., 3, 3] = 1.0
         return T
 
-    def forward(self, c2w: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def forward(self, c2w: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Refined c2w [B, 4, 4] of the cameras `indices`, whose given c2w are `c2w` [B, 4, 4]."""
         return c2w @ self.deltas(indices)
 

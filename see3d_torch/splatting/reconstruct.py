@@ -73,9 +73,9 @@ class ReconstructionConfig:
     )
     # camera pose refinement and exposure compensation
     refine_cameras: bool = False
-    camera_rotation_lr: float = 2e-3
-    camera_translation_lr: float = 2e-3  # multiplied by the scene scale
-    camera_lr_final_factor: float = 0.01  # exponential decay over the run, like the means
+    camera_rotation_lr: float = 2e-2
+    camera_translation_lr: float = 1e-2  # multiplied by the scene scale
+    camera_lr_final_factor: float = 0.05  # exponential decay over the run, like the means
     exposure_compensation: bool = False
     exposure_lr: float = 2e-3
     # evaluation on held-out views (indices into the given views, never trained on)
@@ -261,8 +261,8 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
     if config.refine_cameras:
         camera_refinement = CameraRefinement(len(train_views)).to(device)
         camera_optimizer = torch.optim.Adam([
-            {"params": [camera_refinement.rotation_deltas], "lr": config.camera_rotation_lr},
-            {"params": [camera_refinement.translation_deltas], "lr": config.camera_translation_lr * scale},
+            {"params": list(camera_refinement.rotation_deltas), "lr": config.camera_rotation_lr},
+            {"params": list(camera_refinement.translation_deltas), "lr": config.camera_translation_lr * scale},
         ])
         extra_optimizers.append(camera_optimizer)
     if config.exposure_compensation:
