@@ -61,11 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
     p.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # this is the command's own process
     from see3d_core import trajectories
     from see3d_torch.splatting.export import export_reconstruction
     from see3d_torch.splatting.reconstruct import reconstruct

@@ -1,0 +1,115 @@
+"""Reconstruction end to end on the synthetic world (small versions of the acceptance runs in
+benchmarks/bench_splatting.py), camera refinement, exposure, and the see3d-reconstruct command."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from see3d_core import synthetic, trajectories
+from see3d_torch.splatting import Gaussians, export_reconstruction, reconstruct
+from see3d_torch.splatting.camera_refinement import perturb_cameras, rotation_errors_deg
+from see3d_torch.splatting.cli import main as reconstruct_main
+
+
+@pytest.fixture(scope="module")
+def world():
+    scene = synthetic.make_scene(0)
+    cameras = synthetic.default_orbit(scene, 12, 48, 48)
+    frames = [synthetic.render(scene, c) for c in cameras]
+    return scene, cameras, [f.rgb for f in frames], [f.depth for f in frames]
+
+
+def test_reconstruction_learns_held_out_views(world):
+    scene, cameras, images, depths = world
+    eval_views = (2, 7)
+    result = reconstruct(images, cameras, depths, steps=80, eval_views=eval_views, eval_every=40, init_points=6_000,
+                         progress=False, lpips_weight=0.1, num_threads=1)
+    first_eval = [e for e in result.evaluations if e["step"] == 40][0]
+    final = result.evaluations[-1]
+    # the initial Gaussians, rendered with the same evaluation code
+    init = Gaussians.from_depths([images[i] for i in result.train_views], [depths[i] for i in result.train_views],
+                                 [cameras[i] for i in result.train_views], max_points=6_000, opacity=0.5)
+    from see3d_torch.splatting.reconstruct import ReconstructionConfig, _as_image_tensor, _evaluate
+
+    start = _evaluate(init, _as_image_tensor([images[i] for i in eval_views], "images"), [cameras[i] for i in eval_views],
+                      ReconstructionConfig(), lpips=True)
+    assert final["step"] == 80 and set(final) >= {"psnr", "ssim", "lpips"}
+    assert final["psnr"] > start["psnr"] + 2.0, (start, final)
+    assert final["psnr"] > 22.0 and final["ssim"] > start["ssim"] and final["lpips"] < start["lpips"]
+    assert final["psnr"] >= first_eval["psnr"] - 0.2
+    assert result.history[-1]["loss"] < 0.7 * result.history[0]["loss"]
+    assert result.densification, "densification never ran"
+    assert result.cameras == list(cameras)  # no refinement asked: cameras untouched
+
+
+def test_camera_refinement_recovers_perturbed_poses(world):
+    scene, cameras, images, depths = world
+    noisy = perturb_cameras(cameras, rotation_deg=2.0, translation=0.02 * scene.scale, seed=1)
+    result = reconstruct(images, noisy, depths, steps=150, refine_cameras=True, init_points=6_000, progress=False,
+                         lpips_weight=0.0, num_threads=1)
+    before = rotation_errors_deg(noisy, cameras).mean()
+    after = rotation_errors_deg(result.cameras, cameras).mean()
+    # measured 2x-2.6x on the benchmark runs (the 5x acceptance target is not reached yet)
+    assert after < before / 1.5, (before, after)
+    # without refinement the cameras stay as given
+    assert rotation_errors_deg(reconstruct(images, noisy, depths, steps=2, init_points=500, progress=False,
+                                           lpips_weight=0.0).cameras, cameras).mean() == pytest.approx(before)
+
+
+def test_exposure_compensation_absorbs_brightness_changes(world):
+    scene, cameras, images, depths = world
+    gains = np.where(np.arange(len(images)) % 2 == 0, 0.8, 1.0)
+    dimmed = [np.clip(img * g, 0, 1).astype(np.float32) for img, g in zip(images, gains)]
+    result = reconstruct(dimmed, cameras, depths, steps=60, exposure_compensation=True, init_points=4_000,
+                         progress=False, lpips_weight=0.0, densification=None, num_threads=1)
+    learned = np.array([np.mean(result.exposure[v]["gains"]) for v in result.train_views])
+    ratio = learned[gains[result.train_views] == 0.8].mean() / learned[gains[result.train_views] == 1.0].mean()
+    assert ratio < 0.95, learned  # the dimmed views got lower gains than the others
+
+
+def test_bad_inputs(world):
+    scene, cameras, images, depths = world
+    with pytest.raises(ValueError, match="one camera per image"):
+        reconstruct(images, cameras[:-1], progress=False)
+    with pytest.raises(ValueError, match=r"images\[0\] must be in \[0, 1\]"):
+        reconstruct([img * 3 for img in images], cameras, progress=False)
+    with pytest.raises(ValueError, match="eval_views"):
+        reconstruct(images, cameras, eval_views=(99,), progress=False)
+    with pytest.raises(ValueError, match="init='depth' needs depths"):
+        reconstruct(images, cameras, init="depth", progress=False)
+
+
+def test_see3d_reconstruct_command(world, tmp_path, capsys):
+    scene, cameras, images, depths = world
+    views = tmp_path / "views"
+    views.mkdir()
+    (tmp_path / "depths").mkdir()
+    for i, (img, d) in enumerate(zip(images[:6], depths[:6])):
+        cv2.imwrite(str(views / f"frame_{i:03d}.png"), (img[..., ::-1] * 255 + 0.5).astype(np.uint8))
+        np.save(tmp_path / "depths" / f"depth_{i:03d}.npy", d)
+    trajectories.save_json(tmp_path / "cameras.json", cameras[:6])
+    out = tmp_path / "out"
+    code = reconstruct_main([str(views), "--cameras", str(tmp_path / "cameras.json"), "--out", str(out), "--depths",
+                             str(tmp_path / "depths"), "--steps", "20", "--lpips-weight", "0", "--holdout-every", "3",
+                             "--video-frames", "6", "--init-points", "2000", "--eval-every", "10", "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "held-out: psnr" in printed
+    g = Gaussians.load_ply(out / "splat.ply")
+    assert len(g) > 1000
+    assert len(list((out / "renders").glob("*.png"))) == 6 and len(list((out / "depth").glob("*.npy"))) == 6
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["eval_views"] == [2, 5] and summary["evaluations"][-1]["psnr"] > 15
+    assert len(trajectories.load_json(out / "cameras.json")) == 6
+    from see3d_core.videos import read_video
+
+    frames, _ = read_video(out / "flythrough.mp4")
+    assert len(frames) == 6 and frames.shape[1:3] == (48, 48)
+
+    # bad input: wrong number of cameras, reported with exit status 2
+    trajectories.save_json(tmp_path / "five.json", cameras[:5])
+    code = reconstruct_main([str(views), "--cameras", str(tmp_path / "five.json"), "--out", str(out)])
+    assert code == 2 and "5 cameras for 6 images" in capsys.readouterr().err
