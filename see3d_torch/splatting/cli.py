@@ -67,10 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)  # this is the command's own process
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # main() may be called inside a larger program
+
+
+def _run(args: argparse.Namespace) -> int:
     from see3d_core import trajectories
     from see3d_torch.splatting.export import export_reconstruction
     from see3d_torch.splatting.reconstruct import reconstruct
