@@ -53,7 +53,7 @@ def test_tiny_learns_on_synthetic_clips(clips):
 
     from see3d_jax.train import Trainer
 
-    cfg = preset("tiny", ["learning_rate=2e-3", "warmup_steps=5", "steps=80", "grad_accum_steps=2"])
+    cfg = preset("tiny", ["learning_rate=2e-3", "warmup_steps=5", "steps=60", "grad_accum_steps=2"])
     trainer = Trainer(cfg)
     state = trainer.init_state()
     it = training_batches(clips, num_views=cfg.num_views, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=0, cache=True)
