@@ -125,10 +125,10 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
     if kind == "auto":
         if (folder / "model_index.json").is_file():
             kind = "pipeline"
+        elif (folder / "params").is_dir() or (folder / "diffusion_flax_model.safetensors").is_file():
+            kind = "jax"  # an orbax checkpoint or the trainer's `WORKDIR/ema` export (Flax layout)
         elif (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
             kind = "unet"
-        elif (folder / "flax_config.json").is_file() or (folder / "_CHECKPOINT_METADATA").exists():
-            kind = "jax"
         else:
             raise ValueError(
                 f"--weights {folder}: not a released See3D folder (model_index.json), a torch UNet folder "

@@ -4,8 +4,8 @@ in [0, 1], masks [N, H, W] with 1 = known, the generated targets back as numpy.
 
 It never imports torch: the loop imports it through the `see3d` command, which picks a backend
 lazily. The model comes from a folder with `config.json` and either an orbax `params/`
-checkpoint (`see3d_jax.convert.save_flax_checkpoint`, training's export) or torch-layout
-safetensors (read with `safetensors.numpy`). Pixel-space models only, like the torch UNet
+checkpoint (`see3d_jax.convert.save_flax_checkpoint`), the trainer's `WORKDIR/ema` export
+(`diffusion_flax_model.safetensors`, Flax layout) or torch-layout safetensors. Pixel-space models only, like the torch UNet
 backend; the context is zeros (the small models are trained without text/CLIP context).
 """
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+FLAX_WEIGHTS = "diffusion_flax_model.safetensors"  # see3d_jax.unet.WEIGHTS_FILE (the trainer's `WORKDIR/ema` export)
 
 
 class JaxSamplerBackend:
@@ -28,7 +30,7 @@ class JaxSamplerBackend:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"UNet config not found: {folder / 'config.json'}")
-        if (folder / "params").is_dir():
+        if (folder / convert.PARAMS_DIR).is_dir() or (folder / FLAX_WEIGHTS).is_file():  # orbax, or the trainer's export
             self.model = convert.load_flax_checkpoint(folder)
         elif any(folder.glob("*.safetensors")):
             self.model = convert.load_torch_folder(folder)

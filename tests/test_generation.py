@@ -181,3 +181,23 @@ def test_jax_sampler_backend_reads_the_torch_folder(tiny_unet_folder):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="target_masks"):
         backend.generate(refs, targets, masks[:, :4])
+
+
+def test_trainer_export_runs_in_jax_and_is_refused_by_torch(tmp_path):
+    """The trainer's `WORKDIR/ema` (Flax layout) goes to the JAX backend; the torch backend
+    names the conversion command instead of misreading it."""
+    jax = pytest.importorskip("jax")
+    from flax import nnx
+
+    from see3d_core import cli
+    from see3d_core.unet_config import tiny
+    from see3d_jax.generation_backend import JaxSamplerBackend
+    from see3d_jax.unet import UNet, save_weights
+    from see3d_torch.generation.backends import TorchUNetBackend
+
+    model = UNet(tiny(), seed=0)
+    save_weights(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))), tiny(), tmp_path / "ema")
+    backend = cli.load_backend("auto", str(tmp_path / "ema"), steps=2)
+    assert isinstance(backend, JaxSamplerBackend) and backend.image_size == (16, 16)
+    with pytest.raises(ValueError, match="see3d-convert to-torch"):
+        TorchUNetBackend(tmp_path / "ema")

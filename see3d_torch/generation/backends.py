@@ -127,6 +127,9 @@ class TorchUNetBackend:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise _missing("UNet config", folder / "config.json")
+        if (folder / "diffusion_flax_model.safetensors").is_file():
+            raise ValueError(f"{folder}: Flax-layout weights (the trainer's export); convert them with "
+                             f"`see3d-convert to-torch {folder} TORCH_DIR`, or run them with the JAX backend")
         self.unet = MultiViewUNet.from_pretrained(folder, device=device).to(device)
         cfg = self.unet.config
         if not cfg.pixel_space:

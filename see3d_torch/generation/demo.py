@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "small_pixel_torch"
-CHECKPOINT_COMMAND = "python -m see3d_jax.train --config small ... then see3d-convert (see README: 'The embedded demo checkpoint')"
+CHECKPOINT_COMMAND = ("python -m see3d_jax.train --config small --data DATA --workdir RUN, then "
+                      "see3d-convert to-torch RUN/ema see3d_torch/assets/small_pixel_torch (README: 'The embedded demo checkpoint')")
 MODEL = "see3d-small"
 BASELINE = "warp-only"
 
