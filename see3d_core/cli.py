@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--splat-steps", type=int, default=None, help="Gaussian Splatting steps (default: the demo's)")
     demo.add_argument("--weights", default=None, help="a torch UNet folder instead of the embedded small checkpoint")
     demo.add_argument("--steps", type=int, default=25, help="diffusion steps")
-    demo.add_argument("--video-frames", type=int, default=48, help="fly-through length (0: no video)")
+    demo.add_argument("--video-frames", type=int, default=30, help="fly-through length (0: no video)")
     demo.set_defaults(func=_cmd_demo)
 
     gen = sub.add_parser("generate", help="generate views along a trajectory from 1 to 6 images")

@@ -40,14 +40,25 @@ def depth_to_rgb(depth: np.ndarray, far: float) -> np.ndarray:
     return colored[..., ::-1].astype(np.float32) / 255.0
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
-    """Rows of same-sized RGB images in [0, 1] as one picture with white gaps."""
+def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, row_labels: Sequence[str] | None = None,
+               label_width: int = 220) -> np.ndarray:
+    """Rows of same-sized RGB images in [0, 1] as one picture with white gaps; with
+    `row_labels`, a white column of `label_width` pixels on the left names each row."""
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
-    grid = np.ones((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
+    left = label_width if row_labels else 0
+    grid = np.ones((len(rows) * (h + gap) - gap, left + cols * (w + gap) - gap, 3), np.float32)
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            grid[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = img[..., :3]
+            grid[r * (h + gap): r * (h + gap) + h, left + c * (w + gap): left + c * (w + gap) + w] = img[..., :3]
+    if row_labels:
+        if len(row_labels) != len(rows):
+            raise ValueError(f"row_labels: {len(row_labels)} labels for {len(rows)} rows")
+        canvas = to_uint8(grid)
+        for r, label in enumerate(row_labels):
+            for k, line in enumerate(label.split("\n")):
+                cv2.putText(canvas, line, (6, r * (h + gap) + h // 2 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        grid = canvas.astype(np.float32) / 255.0
     return grid
 
 
