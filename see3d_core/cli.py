@@ -154,6 +154,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from see3d_torch.generation.loop import GenerationConfig, generate_views
     from see3d_torch.generation.report import image_grid, read_image, write_png
 
+    _set_threads(args.threads)
     t0 = time.perf_counter()
     if not 1 <= len(args.images) <= 6:
         raise ValueError(f"give 1 image (single view) or 2 to 6 images (sparse views), got {len(args.images)}")
@@ -191,6 +192,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from see3d_torch.generation.demo import reconstruct_run
 
+    _set_threads(args.threads)
     t0 = time.perf_counter()
     written = reconstruct_run(Path(args.run), Path(args.out), Path(args.cameras) if args.cameras else None, steps=args.steps,
                               lpips_weight=args.lpips_weight, refine_cameras=args.refine_cameras, video_frames=args.video_frames)
@@ -198,9 +200,22 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for the rest of the command (`main` restores them). The CPU
+    renderer and the small models run many small ops; on a 2-core machine two OpenMP threads
+    mostly spin-wait for each other (measured 10x slower under load)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from see3d_torch.generation.demo import DemoConfig, run_demo
 
+    _set_threads(args.threads)
     t0 = time.perf_counter()
     config = DemoConfig(seed=args.seed, num_views=args.views, splat_steps=args.splat_steps, checkpoint=args.weights,
                         num_inference_steps=args.steps, flythrough_frames=args.video_frames)
@@ -221,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--weights", default=None, help="a torch UNet folder instead of the embedded small checkpoint")
     demo.add_argument("--steps", type=int, default=25, help="diffusion steps")
     demo.add_argument("--video-frames", type=int, default=30, help="fly-through length (0: no video)")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small CPU workload)")
     demo.set_defaults(func=_cmd_demo)
 
     gen = sub.add_parser("generate", help="generate views along a trajectory from 1 to 6 images")
@@ -239,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="released See3D UNet (auto: single for one image, sparse for several)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.set_defaults(func=_cmd_generate)
 
     rec = sub.add_parser("reconstruct", help="Gaussian Splatting on the views of a `see3d generate` run")
@@ -249,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--lpips-weight", type=float, default=0.1, help="LPIPS term of the loss (0: off)")
     rec.add_argument("--refine-cameras", action="store_true", help="learn per-camera pose corrections (estimated cameras)")
     rec.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
+    rec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     rec.set_defaults(func=_cmd_reconstruct)
 
     world = sub.add_parser("world", help="render a synthetic scene as a clip dataset with previews")
@@ -264,11 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"see3d {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:  # callers in the same process (tests, notebooks) keep their thread count
+        if threads is not None:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ def test_image_metrics_measure_against_the_truth():
 def test_demo_end_to_end_reduced(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--weights", str(tiny_checkpoint), "--views", "3", "--steps", "2", "--splat-steps", "8", "--video-frames", "4"]
+    import torch
+
+    threads = torch.get_num_threads()
     assert cli.main(argv) == 0, capsys.readouterr().err
+    assert torch.get_num_threads() == threads  # --threads 1 (the demo's default) ends with the command
     summary = json.loads(capsys.readouterr().out)
     assert summary["mode"].startswith("full pipeline")
     for name in ("grid.png", "flythrough.mp4", "splat.ply", "metrics.json", "report.html"):
