@@ -65,23 +65,23 @@ def main(argv=None) -> dict:
     views = np.random.default_rng(0).uniform(-1, 1, (cfg.batch_size, cfg.num_views, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
     batch = trainer.global_batch(views)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state, metrics = trainer.step(state, batch)
     jax.block_until_ready((state, metrics))
-    compile_seconds = time.perf_counter() - t0
-    times = []
+    compile_seconds, compile_cpu = time.perf_counter() - t0, time.process_time() - c0
+    times, c0 = [], time.process_time()
     for _ in range(args.steps):
         t0 = time.perf_counter()
         state, metrics = trainer.step(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
-    step = float(np.median(times))
+    step, step_cpu = float(np.median(times)), (time.process_time() - c0) / args.steps
     flops = 3.0 * cfg.batch_size * forward_flops(cfg.unet, cfg.num_views, cfg.unet.sample_size, cfg.unet.sample_size)
     result = {
         "config": args.config, "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "host": platform.node(),
         "image_size": cfg.image_size, "model_size": cfg.unet.sample_size, "views": cfg.num_views, "batch": cfg.batch_size,
         "dtype": cfg.compute_dtype, "remat": cfg.remat, "compile_and_first_step_s": compile_seconds,
-        "step_s_median": step, "samples_per_s": cfg.batch_size / step, "images_per_s": cfg.batch_size * cfg.num_views / step,
+        "compile_and_first_step_cpu_s": compile_cpu, "step_s_median": step, "step_cpu_s_mean": step_cpu, "samples_per_s": cfg.batch_size / step, "images_per_s": cfg.batch_size * cfg.num_views / step,
         "train_tflop_per_step": flops / 1e12, "achieved_tflop_s": flops / step / 1e12, "loss": float(metrics["loss"]),
     }
     if args.peak_tflops:
