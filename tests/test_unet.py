@@ -11,6 +11,8 @@ from see3d_core.unet_config import UNetConfig
 from see3d_jax.unet import UNet, count_parameters, forward_flops, load_weights, save_weights, timestep_embedding
 
 TINY = unet_config.tiny()
+# one compiled program per model shape instead of hundreds of eagerly dispatched ops
+apply = nnx.jit(lambda model, x, t, ctx: model(x, t, ctx))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_sd21_matches_the_released_architecture():
 
 def test_forward_shapes_and_errors(tiny_model):
     x, t, ctx = _inputs()
-    y = tiny_model(x, t, ctx)
+    y = apply(tiny_model, x, t, ctx)
     assert y.shape == (2, 3, 16, 16, TINY.out_channels) and y.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(y)))
     with pytest.raises(ValueError, match="x must be"):
@@ -67,19 +69,19 @@ def test_forward_shapes_and_errors(tiny_model):
 def test_fresh_model_outputs_zero():
     # LDM zero-initialises the last conv: a fresh model predicts exactly 0
     x, t, ctx = _inputs()
-    assert float(jnp.abs(UNet(TINY)(x, t, ctx)).max()) == 0.0
+    assert float(jnp.abs(apply(UNet(TINY), x, t, ctx)).max()) == 0.0
 
 
 def test_3d_attention_mixes_views_only_within_a_sample(tiny_model):
     x, t, ctx = _inputs()
-    y = tiny_model(x, t, ctx)
+    y = apply(tiny_model, x, t, ctx)
     x2 = x.at[0, 2].add(1.0)  # change view 2 of sample 0
-    y2 = tiny_model(x2, t, ctx)
+    y2 = apply(tiny_model, x2, t, ctx)
     assert float(jnp.abs(y2[0, 0] - y[0, 0]).max()) > 1e-4  # other views of the same sample see it
     assert float(jnp.abs(y2[1] - y[1]).max()) < 1e-6  # other samples do not
     per_view = UNet(TINY.replace(multiview_attention=False))
     nnx.update(per_view, nnx.state(tiny_model, nnx.Param))
-    z, z2 = per_view(x, t, ctx), per_view(x2, t, ctx)
+    z, z2 = apply(per_view, x, t, ctx), apply(per_view, x2, t, ctx)
     assert float(jnp.abs(z2[0, 0] - z[0, 0]).max()) < 1e-6  # without 3D attention views are independent
 
 
@@ -87,7 +89,7 @@ def test_bf16_compute_is_close_to_fp32(tiny_model):
     x, t, ctx = _inputs()
     model16 = UNet(TINY, dtype=jnp.bfloat16, remat="full")
     nnx.update(model16, nnx.state(tiny_model, nnx.Param))
-    y32, y16 = tiny_model(x, t, ctx), model16(x, t, ctx)
+    y32, y16 = apply(tiny_model, x, t, ctx), apply(model16, x, t, ctx)
     assert y16.dtype == jnp.float32
     assert float(jnp.abs(y16 - y32).max()) < 0.05 * float(jnp.abs(y32).max()) + 1e-3
 
@@ -105,7 +107,7 @@ def test_weights_round_trip(tiny_model, tmp_path):
     assert UNetConfig.load(tmp_path) == TINY
     loaded = load_weights(tmp_path)
     x, t, ctx = _inputs()
-    np.testing.assert_array_equal(np.asarray(loaded(x, t, ctx)), np.asarray(tiny_model(x, t, ctx)))
+    np.testing.assert_array_equal(np.asarray(apply(loaded, x, t, ctx)), np.asarray(apply(tiny_model, x, t, ctx)))
     small = unet_config.small()
     small.save(tmp_path)
     with pytest.raises(ValueError, match="missing"):
