@@ -241,7 +241,7 @@ def test_workers_and_ray_give_identical_outputs(suite, curated, tmp_path):
     names = sorted(p.name for p in (out / "clips").iterdir())
     assert sorted(p.name for p in (tmp_path / "ray" / "clips").iterdir()) == names
     some_clip = next(p for p in names if p != "manifest.jsonl")
-    assert (out / "clips" / some_clip / "frame_000000.png").read_bytes() == (tmp_path / "ray" / "clips" / some_clip / "frame_000000.png").read_bytes()
+    assert (out / "clips" / some_clip / "frame_000000.jpg").read_bytes() == (tmp_path / "ray" / "clips" / some_clip / "frame_000000.jpg").read_bytes()
 
 
 def test_cli(suite, tmp_path, capsys):
@@ -265,3 +265,32 @@ def test_downsampling_reads_stride_and_size(tmp_path):
     assert video.frames.shape == (5, 480, 640, 3)
     assert video.source_indices.tolist() == [0, 2, 4, 6, 8] and video.source_size == (800, 600)
     assert io.find_inputs(tmp_path) == ["f"]
+
+
+def test_forward_backward_consistency_flags_mismatches_and_pixels_leaving_the_image():
+    from see3d_torch.curation import flow
+
+    forward = np.zeros((40, 50, 2), np.float32)
+    forward[..., 0] = 3.0  # everything moves 3 px to the right
+    backward = -forward
+    backward[10:20, 20:30] = 0.0  # an occluded patch: the backward flow does not undo the forward flow
+    consistent = flow.forward_backward_consistent(forward, backward)
+    assert consistent[30, 5] and not consistent[15, 20]  # x + f lands in the bad patch
+    assert not consistent[5, 48]  # leaves the image
+    assert consistent.mean() > 0.85
+
+
+@pytest.mark.parametrize("kind", ["static_camera", "moving_camera"])
+def test_short_videos_are_judged_by_the_frames_they_have(kind):
+    # 12 frames after downsampling: fewer than the 21 flow pairs of the early exit and the 20
+    # frames of the precheck; a static camera must still be "no_camera_motion", not "small_viewpoint"
+    video = videos.make_video(kind, 3, num_frames=12, width=160, height=120)
+    downsampled = io.DownsampledVideo(video.frames, np.arange(12) * 2, 7.5, 15.0, (160, 120))
+    decision = pipeline.decide(downsampled, CurationConfig(), seed=0)
+    if kind == "static_camera":
+        assert (decision.status, decision.reason) == ("rejected", "no_camera_motion"), decision.scores
+        # with the edge precheck out of the way the flow early exit, over the 11 pairs there are, decides
+        no_precheck = pipeline.decide(downsampled, CurationConfig().with_options(precheck_correlation=1.1), seed=0)
+        assert no_precheck.reason == "no_camera_motion" and no_precheck.steps["motion"]["exit"] == "flow early exit"
+    else:
+        assert decision.status == "accepted", (decision.reason, decision.scores)

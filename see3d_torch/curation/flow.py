@@ -7,6 +7,7 @@ mapping gray0's pixels into gray1.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import cv2
@@ -84,21 +85,30 @@ def make_flow(config: MotionConfig) -> tuple[FlowEstimator, str, str | None]:
     raise ValueError(f"flow must be 'dis', 'farneback' or 'raft', got {config.flow!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y coordinates of every pixel (float32, cached: every pair of a video shares them)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample `image` at x + flow(x) (bilinear, border replicated)."""
-    h, w = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = pixel_grid(*flow.shape[:2])
     return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def forward_backward_consistent(forward: np.ndarray, backward: np.ndarray, relative: float = 0.5, absolute: float = 0.5) -> np.ndarray:
     """Pixels whose forward flow is undone by the backward flow at its end point:
     |f + b(x + f)| < relative (|f| + |b(x + f)|) + absolute. Also false where x + f leaves the image."""
-    b_at_end = warp_by_flow(backward, forward)
-    error = np.linalg.norm(forward + b_at_end, axis=-1)
-    bound = relative * (np.linalg.norm(forward, axis=-1) + np.linalg.norm(b_at_end, axis=-1)) + absolute
     h, w = forward.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = pixel_grid(h, w)
     ex, ey = xs + forward[..., 0], ys + forward[..., 1]
+    b_at_end = cv2.remap(backward, ex, ey, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # cv2.magnitude is several times faster than np.linalg.norm over the last axis
+    error = cv2.magnitude(forward[..., 0] + b_at_end[..., 0], forward[..., 1] + b_at_end[..., 1])
+    bound = cv2.magnitude(forward[..., 0], forward[..., 1]) + cv2.magnitude(b_at_end[..., 0], b_at_end[..., 1])
+    bound = relative * bound + absolute
     inside = (ex >= 0) & (ex <= w - 1) & (ey >= 0) & (ey <= h - 1)
     return (error < bound) & inside

@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from see3d_torch.curation.flow import pixel_grid  # one cached grid for flow and geometry
+
 
 def edge_correlations(gray_frames: list[np.ndarray], low: int = 50, high: int = 100) -> np.ndarray:
     """Normalised correlation of the Canny edge maps of consecutive frames."""
@@ -22,10 +24,6 @@ def edge_correlations(gray_frames: list[np.ndarray], low: int = 50, high: int = 
             continue
         values.append(float(cv2.matchTemplate(a, b, cv2.TM_CCOEFF_NORMED)[0, 0]))
     return np.array(values)
-
-
-def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
 
 def fundamental_from_flow(flow: np.ndarray, valid: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray | None:

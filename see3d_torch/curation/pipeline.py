@@ -8,6 +8,7 @@ numbers behind it and the static clip ranges. Writing files is the runner's job.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -65,6 +66,14 @@ def flow_frames(frames: np.ndarray, long_side: int) -> list[np.ndarray]:
     size = (int(round(w * scale)), int(round(h * scale)))
     grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     return [cv2.resize(g, size, interpolation=cv2.INTER_AREA) if size != (w, h) else g for g in grays]
+
+
+def _required_static(available: int, required: int, of: int) -> int:
+    """Static pairs needed among `available` when the rule asks `required` of `of`: the same
+    share, rounded up, so a short video is judged by the pairs it has (never by zero pairs)."""
+    if available <= 0:
+        return 1  # no pair: no evidence of a static camera (the too_short rule handles tiny videos)
+    return min(available, math.ceil(required * available / of - 1e-9))
 
 
 @dataclasses.dataclass
@@ -148,7 +157,9 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     motion_scores: dict[str, Any] = {"flow_width": fw, "flow_height": fh, "precheck_edge_correlations": _round(correlations),
                                      "precheck_static_pairs": static_pairs}
     run.scores["motion"] = motion_scores
-    if len(correlations) >= mo.precheck_min_static_pairs and static_pairs >= mo.precheck_min_static_pairs:
+    precheck_pairs = max(1, mo.precheck_frames // mo.precheck_step - 1)  # 9 with the SPEC settings
+    # a short video is judged by the pairs it has (>= 3 of them; fewer: the flow early exit decides)
+    if len(correlations) >= 3 and static_pairs >= _required_static(len(correlations), mo.precheck_min_static_pairs, precheck_pairs):
         run.ran("motion", exit="static-camera precheck")
         run.rejected = "no_camera_motion"
         return run.decision()
@@ -159,6 +170,9 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     static_px = mo.static_flow_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
     magnitudes, fractions, rigid_inliers, rigid_pixels = [], [], 0.0, 0
     tolerance = mo.rigid_tolerance_px
+    # short videos: the early exit looks at all their pairs and asks the same share to be static
+    early_exit_pairs = min(mo.early_exit_pairs, len(grays) - 1)
+    early_exit_static = _required_static(early_exit_pairs, mo.early_exit_min_static, mo.early_exit_pairs)
     for i in range(len(grays) - 1):
         pair = analyse_pair(grays[i], grays[i + 1], estimate_flow, mo, rng)
         magnitudes.append(pair.mean_magnitude)
@@ -168,12 +182,12 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
             if pixels:
                 rigid_inliers += ratio * pixels
                 rigid_pixels += pixels
-        if len(magnitudes) == mo.early_exit_pairs and sum(m <= static_px for m in magnitudes) >= mo.early_exit_min_static:
+        if len(magnitudes) == early_exit_pairs and sum(m <= static_px for m in magnitudes) >= early_exit_static:
             break
     motion_scores.update({"static_flow_px": round(static_px, 4), "mean_abs_flow": _round(magnitudes),
                           "dynamic_fractions": _round(fractions, 6)})
     notes = {"flow": flow_name} | ({"flow_note": flow_note} if flow_note else {})
-    if len(magnitudes) <= mo.early_exit_pairs and len(magnitudes) < len(grays) - 1:
+    if len(magnitudes) == early_exit_pairs and sum(m <= static_px for m in magnitudes) >= early_exit_static:
         run.ran("motion", exit="flow early exit", **notes)
         run.rejected = "no_camera_motion"
         return run.decision()
