@@ -140,8 +140,8 @@ def test_labelled_decisions(suite, curated):
         assert r["status"] == label["expected_status"], (label["kind"], r["reason"], r["scores"])
         if label["kind"] == "static_camera":
             assert r["reason"] == "no_camera_motion"
-        if label["kind"] == "non_rigid":  # telling waving from moving is weaker than finding either
-            assert r["reason"] in ("non_rigid_motion", "dynamic_objects")
+        if label["kind"] == "non_rigid":
+            assert r["reason"] == "non_rigid_motion", r["scores"]["motion"]["rigid_fit_ratio"]
         if label["kind"] == "jitter":
             assert r["reason"] in ("no_camera_motion", "small_viewpoint")
     mixed = by_video["mixed/mixed_0"]

@@ -169,7 +169,8 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     rng = np.random.default_rng(seed)
     static_px = mo.static_flow_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
     magnitudes, fractions, rigid_inliers, rigid_pixels = [], [], 0.0, 0
-    tolerance = mo.rigid_tolerance_px
+    tolerance = mo.rigid_tolerance_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
+    min_region = max(8, round(fh * fw * 4e-4))  # regions smaller than 0.04% of the frame are too small to fit
     # short videos: the early exit looks at all their pairs and asks the same share to be static
     early_exit_pairs = min(mo.early_exit_pairs, len(grays) - 1)
     early_exit_static = _required_static(early_exit_pairs, mo.early_exit_min_static, mo.early_exit_pairs)
@@ -178,7 +179,7 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         magnitudes.append(pair.mean_magnitude)
         fractions.append(pair.dynamic_fraction)
         if pair.dynamic_fraction > mo.dynamic_pixel_fraction:
-            ratio, pixels = geometry.rigid_fit_ratio(pair.forward, pair.mask, pair.consistent, tolerance, rng)
+            ratio, pixels = geometry.rigid_fit_ratio(pair.forward, pair.mask, pair.consistent, tolerance, rng, min_region)
             if pixels:
                 rigid_inliers += ratio * pixels
                 rigid_pixels += pixels
