@@ -105,6 +105,7 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["eval_views"] == [2, 5] and summary["evaluations"][-1]["psnr"] > 15
     assert len(trajectories.load_json(out / "cameras.json")) == 6
+    assert b"element face" in (out / "mesh.ply").read_bytes()[:400]  # the fused mesh from the rendered depths
     from see3d_core.videos import read_video
 
     frames, _ = read_video(out / "flythrough.mp4")

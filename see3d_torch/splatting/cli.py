@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
     p.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
+    p.add_argument("--mesh-resolution", type=int, default=96, help="voxels of the mesh's TSDF along its longest side (0: no mesh)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     return p
@@ -101,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"see3d-reconstruct: error: {e}", file=sys.stderr)
         return 2
-    written = export_reconstruction(result, args.out, flythrough_frames=args.video_frames)
+    written = export_reconstruction(result, args.out, flythrough_frames=args.video_frames,
+                                    mesh_resolution=args.mesh_resolution)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if result.evaluations:

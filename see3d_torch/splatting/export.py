@@ -9,6 +9,7 @@ Layout of `out_dir`:
     depth/view_000.png     its expected depth, colour-mapped (near = bright)
     depth/view_000.npy     the expected depth itself (float32, z-depth)
     flythrough.mp4         renders along a smooth path through the cameras
+    mesh.ply               a coloured surface mesh fused from the rendered depths (`mesh.py`)
     metrics.json           evaluations on held-out views, final loss, counts, timings
 """
 
@@ -56,8 +57,10 @@ def export_reconstruction(
     flythrough_frames: int = 60,
     fps: float = 15.0,
     path_cameras: Sequence[Camera] | None = None,
+    mesh_resolution: int = 96,
 ) -> dict[str, str]:
-    """Write everything listed in the module docstring; returns the paths written."""
+    """Write everything listed in the module docstring; returns the paths written.
+    `mesh_resolution` voxels along the longest side of the mesh's TSDF (0: no mesh)."""
     out = Path(out_dir)
     (out / "renders").mkdir(parents=True, exist_ok=True)
     (out / "depth").mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,11 @@ def export_reconstruction(
         np.save(out / "depth" / f"view_{i:03d}.npy", depth.astype(np.float32))
     written["renders"] = str(out / "renders")
     written["depth"] = str(out / "depth")
+    if mesh_resolution > 0:
+        from see3d_torch.splatting.mesh import mesh_from_depths
+
+        mesh = mesh_from_depths(depths, reconstruction.cameras, images, resolution=mesh_resolution)
+        written["mesh"] = str(mesh.save_ply(out / "mesh.ply"))
     if flythrough_frames > 0:
         path = list(path_cameras) if path_cameras is not None else flythrough_cameras(reconstruction.cameras, flythrough_frames)
         frames, _ = reconstruction.render(path)
