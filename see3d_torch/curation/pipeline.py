@@ -174,6 +174,10 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     # short videos: the early exit looks at all their pairs and asks the same share to be static
     early_exit_pairs = min(mo.early_exit_pairs, len(grays) - 1)
     early_exit_static = _required_static(early_exit_pairs, mo.early_exit_min_static, mo.early_exit_pairs)
+
+    def flow_says_static() -> bool:
+        return len(magnitudes) == early_exit_pairs and sum(m <= static_px for m in magnitudes) >= early_exit_static
+
     for i in range(len(grays) - 1):
         pair = analyse_pair(grays[i], grays[i + 1], estimate_flow, mo, rng)
         magnitudes.append(pair.mean_magnitude)
@@ -183,12 +187,12 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
             if pixels:
                 rigid_inliers += ratio * pixels
                 rigid_pixels += pixels
-        if len(magnitudes) == early_exit_pairs and sum(m <= static_px for m in magnitudes) >= early_exit_static:
+        if flow_says_static():
             break
     motion_scores.update({"static_flow_px": round(static_px, 4), "mean_abs_flow": _round(magnitudes),
                           "dynamic_fractions": _round(fractions, 6)})
     notes = {"flow": flow_name} | ({"flow_note": flow_note} if flow_note else {})
-    if len(magnitudes) == early_exit_pairs and sum(m <= static_px for m in magnitudes) >= early_exit_static:
+    if flow_says_static():
         run.ran("motion", exit="flow early exit", **notes)
         run.rejected = "no_camera_motion"
         return run.decision()
