@@ -281,18 +281,22 @@ def _is_remote(path: str) -> bool:
 
 
 def load_encoder(path: str) -> EncodeFn:
-    """A pixels -> scaled latents function from a Flax VAE folder (`see3d_jax.vae`)."""
-    from see3d_jax import vae as vae_module
+    """A pixels -> scaled latents function (posterior mean x scaling factor) from a VAE folder:
+    a Flax checkpoint (`see3d_jax.convert.save_flax_checkpoint`) or a diffusers/torch VAE folder
+    (config.json + diffusion_pytorch_model.safetensors)."""
+    from see3d_jax import convert
+    from see3d_jax.vae import AutoencoderKL
 
-    loader = getattr(vae_module, "load_vae", None)
-    if loader is None:
-        raise NotImplementedError(f"vae={path}: see3d_jax.vae has no `load_vae(path)` yet; train pixel-space models meanwhile")
-    model = loader(path)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"vae={path}: not a directory")
+    model = convert.load_flax_checkpoint(folder) if (folder / convert.PARAMS_DIR).is_dir() else convert.load_torch_folder(folder)
+    if not isinstance(model, AutoencoderKL):
+        raise ValueError(f"vae={path}: the folder holds a {type(model).__name__}, not a VAE")
 
     def encode(pixels):  # [B, K, H, W, 3] -> [B, K, h, w, C]
         b, k = pixels.shape[:2]
-        latents = model.encode(pixels.reshape((b * k,) + pixels.shape[2:]))
-        latents = getattr(latents, "mean", latents) * model.config.scaling_factor
+        latents = model.sample_latents(pixels.reshape((b * k,) + pixels.shape[2:]))
         return latents.reshape((b, k) + latents.shape[1:])
 
     return encode
