@@ -79,6 +79,9 @@ def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"UNet config {path} is not valid JSON ({e})") from None
-    if isinstance(raw, dict) and raw.get("_class_name") == RELEASED_UNET_CLASS:
+    if not isinstance(raw, dict):
+        raise ValueError(f"UNet config {path} must hold a JSON object")
+    if raw.get("_class_name") == RELEASED_UNET_CLASS:
         return released_unet_config(raw, source=str(path))
-    return UNetConfig.load(path), None
+    # the file is already parsed: build from it rather than reading it again through UNetConfig.load
+    return UNetConfig.from_dict(raw, source=str(path)), None
