@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     trainer = Trainer(cfg, encode_fn=encode)
     state = trainer.init_state()
     views = np.random.default_rng(0).uniform(-1, 1, (cfg.batch_size, cfg.num_views, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
-    batch = trainer.global_batch(views)
+    batch = trainer.global_batch({"views": views})
 
     t0, c0 = time.perf_counter(), time.process_time()
     state, metrics = trainer.step(state, batch)

@@ -2,9 +2,11 @@
 
 Each element is one clip with `num_views` frames drawn at random (without replacement, in
 random order: See3D uses no temporal order), resized (area) and centre-cropped to a square
-`image_size`, as float32 pixels in [-1, 1]: ``views [num_views, S, S, 3]``. Which of them are
-references and which are masked targets is decided later, on device, by
-`see3d_jax.condition.build_training_batch`.
+`image_size`, as float32 pixels in [-1, 1]: ``views [num_views, S, S, 3]``. With `posed=True`
+(the condition's "posed_warp" variant) the element also carries the clip's geometry at the same
+crop and size: ``depths [num_views, S, S]`` (area-resized z-depth), ``intrinsics
+[num_views, 3, 3]`` and ``c2w [num_views, 4, 4]``. Which views are references and which are
+targets is decided later, on device, by `see3d_jax.condition.build_training_batch`.
 
 Clips are shuffled with a new order every epoch; the iterator's position is a small JSON
 state, saved with every checkpoint so a resumed run continues with the very next batch.
@@ -26,13 +28,27 @@ from see3d_core.clips import ClipDataset, ClipFormatError, read_clip, read_info
 
 
 def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop [N, H, W, 3] uint8 frames to a square and resize to `size` (area filter)."""
-    n, h, w, _ = frames.shape
+    """Centre-crop [N, H, W, ...] frames (uint8 images or float depths) to a square and resize
+    to `size` (area filter when shrinking)."""
+    h, w = frames.shape[1:3]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     crop = frames[:, top:top + side, left:left + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
+
+
+def square_resize_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+    """The intrinsics [..., 3, 3] after `square_resize` of a height x width image to `size`
+    (pixel centres at integers: x' = (x - left + 0.5) * s - 0.5)."""
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    s = size / side
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., :2, :2] *= s
+    K[..., 0, 2] = (K[..., 0, 2] - left + 0.5) * s - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] - top + 0.5) * s - 0.5
+    return K
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:
@@ -47,34 +63,55 @@ class ClipViews:
     num_views: int
     image_size: int
     cache: bool = False
+    posed: bool = False
 
     def __post_init__(self):
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
 
-    def _frames(self, clip_dir: str, positions: np.ndarray) -> np.ndarray:
-        if self.cache:
-            if clip_dir not in self._cache:
-                self._cache[clip_dir] = square_resize(read_clip(clip_dir, load_depth=False).frames, self.image_size)
-            return self._cache[clip_dir][positions]
-        return square_resize(read_clip(clip_dir, positions.tolist(), load_depth=False).frames, self.image_size)
+    def _read(self, clip_dir: str, positions: list[int] | None) -> dict[str, np.ndarray]:
+        clip = read_clip(clip_dir, positions, load_depth=self.posed)
+        out = {"views": to_model_range(square_resize(clip.frames, self.image_size))}
+        if self.posed:
+            info = clip.info
+            if not info.posed or clip.depths is None:
+                raise ClipFormatError(f"clip {clip_dir}: posed training needs 'intrinsics', 'c2w' and 'depths' in clip.json")
+            idx = list(range(info.num_frames)) if positions is None else positions
+            out["depths"] = square_resize(clip.depths, self.image_size).astype(np.float32)
+            K = np.asarray(info.intrinsics, np.float64)[idx]
+            out["intrinsics"] = square_resize_intrinsics(K, info.height, info.width, self.image_size).astype(np.float32)
+            out["c2w"] = np.asarray(info.c2w, np.float32)[idx]
+        return out
 
     def __call__(self, clip: tuple[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
         clip_dir, num_frames = clip
         positions = rng.choice(num_frames, size=self.num_views, replace=False)
-        return {"views": to_model_range(self._frames(clip_dir, positions))}
+        if not self.cache:
+            return self._read(clip_dir, positions.tolist())
+        if clip_dir not in self._cache:
+            self._cache[clip_dir] = self._read(clip_dir, None)
+        return {k: v[positions] for k, v in self._cache[clip_dir].items()}
 
 
-def list_clips(data_dir: str | os.PathLike, num_views: int) -> list[tuple[str, int]]:
-    """(clip directory, frame count) of every clip with at least `num_views` frames."""
+def list_clips(data_dir: str | os.PathLike, num_views: int, posed: bool = False) -> list[tuple[str, int]]:
+    """(clip directory, frame count) of every clip with at least `num_views` frames (and, when
+    `posed`, with cameras and depths: the others are skipped, an error if none is left)."""
     dataset = ClipDataset(data_dir)
-    clips = []
+    clips, unposed = [], 0
     for entry in dataset.entries():
         clip_dir = Path(data_dir) / entry["clip"]
-        n = int(entry.get("num_frames") or read_info(clip_dir).num_frames)
+        info = read_info(clip_dir) if posed or not entry.get("num_frames") else None
+        n = int(entry.get("num_frames") or info.num_frames)
+        if posed and not (info.posed and info.depths is not None):
+            unposed += 1
+            continue
         if n >= num_views:
             clips.append((str(clip_dir), n))
     if not clips:
-        raise ClipFormatError(f"clip dataset {data_dir}: no clip has at least num_views={num_views} frames")
+        need = " with cameras and depths (posed training)" if posed else ""
+        raise ClipFormatError(
+            f"clip dataset {data_dir}: no clip{need} has at least num_views={num_views} frames"
+            + (f" ({unposed} clips have no cameras/depths)" if unposed else "")
+        )
     return clips
 
 
@@ -89,16 +126,18 @@ def training_batches(
     num_workers: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    posed: bool = False,
 ) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator of `{"views": [batch_size, num_views, S, S, 3]}`.
+    """An endless, checkpointable iterator of `{"views": [batch_size, num_views, S, S, 3]}`
+    (plus "depths", "intrinsics" and "c2w" when `posed`).
 
     `batch_size` is this process's share of the global batch. `get_state()` / `set_state()`
     save and restore the position."""
-    clips = list_clips(data_dir, num_views)
+    clips = list_clips(data_dir, num_views, posed)
     if len(clips) < process_count:
         raise ClipFormatError(f"clip dataset {data_dir}: {len(clips)} clips cannot be split over {process_count} processes")
     ds = grain.MapDataset.source(clips)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat().random_map(ClipViews(num_views, image_size, cache), seed=seed + 1)
+    ds = ds.shuffle(seed=seed).repeat().random_map(ClipViews(num_views, image_size, cache, posed), seed=seed + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:

@@ -127,9 +127,13 @@ class Trainer:
                             "ema": jax.tree.map(jnp.copy, params)},
             in_shardings=(param_shardings,), out_shardings=self.state_shardings,
         )
-        self.batch_sharding = NamedSharding(self.mesh, batch_spec(5))
+        # Batches are dicts sharded by sample: "views" [B, N, H, W, 3], and for posed training
+        # "depths" [B, N, H, W], "intrinsics" [B, N, 3, 3], "c2w" [B, N, 4, 4].
+        self.posed = config.condition.variant == "posed_warp"
+        batch_ndims = {"views": 5, "depths": 4, "intrinsics": 4, "c2w": 4} if self.posed else {"views": 5}
+        self.batch_shardings = {k: NamedSharding(self.mesh, batch_spec(n)) for k, n in batch_ndims.items()}
         self.train_step = jax.jit(
-            self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+            self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
             out_shardings=(self.state_shardings, replicated), donate_argnums=(0,),
         )
 
@@ -184,26 +188,26 @@ class Trainer:
         return jnp.broadcast_to(self.context, (batch,) + self.context.shape)
 
     # --- the step ----------------------------------------------------------------------------
-    def loss(self, params, views: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
-        views = constrain(views, ("batch", None, None, None, None))
-        tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, self.encode_fn)
+    def loss(self, params, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
+        views = constrain(batch["views"], ("batch", None, None, None, None))
+        tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, self.encode_fn,
+                                       batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"))
         out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
         target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
         per_view = jnp.mean(jnp.square(out - target), axis=(2, 3, 4))
         loss = jnp.sum(per_view * tb.loss_mask) / jnp.maximum(jnp.sum(tb.loss_mask), 1.0)
         return loss, {}
 
-    def _train_step(self, state, views):
+    def _train_step(self, state, batch):
         cfg = self.config
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         accum = cfg.grad_accum_steps
         if accum == 1:
-            (loss, _), grads = grad_fn(state["params"], views, key)
+            (loss, _), grads = grad_fn(state["params"], batch, key)
         else:
             # micro-batch i takes samples i, i + accum, ...: every device keeps its own samples
-            b = views.shape[0]
-            micro = jnp.swapaxes(views.reshape((b // accum, accum) + views.shape[1:]), 0, 1)
+            micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1), batch)
 
             def body(carry, inputs):
                 grads_sum, loss_sum = carry
@@ -224,15 +228,19 @@ class Trainer:
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": self.lr(state["step"])}
         return {"step": step, "params": params, "opt_state": opt_state, "ema": ema}, metrics
 
-    def step(self, state, views):
-        """One optimizer step on a global batch `views` [B, N, S, S, 3] (a sharded jax.Array
-        or a host array on a single process)."""
+    def step(self, state, batch: dict[str, jax.Array]):
+        """One optimizer step on a global batch (see `global_batch`)."""
         with activation_sharding(self.mesh, self.rules):
-            return self.train_step(state, views)
+            return self.train_step(state, batch)
 
-    def global_batch(self, local_views: np.ndarray) -> jax.Array:
-        """Assemble the global batch from each process's local rows (sharded by sample)."""
-        return jax.make_array_from_process_local_data(self.batch_sharding, local_views)
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assemble the global batch from each process's local rows (sharded by sample): a dict
+        as yielded by `see3d_jax.data.training_batches` ("views", plus the geometry when posed)."""
+        missing = set(self.batch_shardings) - set(local)
+        if missing:
+            raise ValueError(f"Trainer.global_batch: batch lacks {sorted(missing)} (the '{self.config.condition.variant}' "
+                             f"condition needs {sorted(self.batch_shardings)}; posed data: training_batches(..., posed=True))")
+        return {k: jax.make_array_from_process_local_data(sh, local[k]) for k, sh in self.batch_shardings.items()}
 
     def flops_per_step(self) -> float:
         u, cfg = self.config.unet, self.config
@@ -329,7 +337,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     iterators = [
         training_batches(data_dir, num_views=config.num_views, image_size=config.image_size, batch_size=per_shard,
                          seed=config.seed, cache=config.cache_frames, num_workers=config.num_workers,
-                         process_index=s, process_count=shards)
+                         process_index=s, process_count=shards, posed=trainer.posed)
         for s in shards_here
     ]
 
@@ -365,7 +373,8 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
                 logger.write({"step": step, "event": "time_limit"})
                 ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
                 break
-            local = np.concatenate([next(it)["views"] for it in iterators], axis=0)
+            parts = [next(it) for it in iterators]
+            local = {k: np.concatenate([p[k] for p in parts], axis=0) for k in trainer.batch_shardings}
             t0 = time.perf_counter()
             state, metrics = trainer.step(state, trainer.global_batch(local))
             step += 1

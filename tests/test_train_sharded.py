@@ -68,15 +68,15 @@ def test_step_sharded_data4_fsdp2_equals_single_device(env):
         moment_specs = [str(x.sharding.spec) for x in jax.tree.leaves(s2["opt_state"]) if x.ndim > 1]
         losses = []
         for _ in range(2):
-            s1, m1 = single.step(s1, views)
-            s2, m2 = sharded.step(s2, sharded.global_batch(views))
+            s1, m1 = single.step(s1, {"views": views})
+            s2, m2 = sharded.step(s2, sharded.global_batch({"views": views}))
             losses.append((float(m1["loss"]), float(m2["loss"])))
         diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])))
         scale = max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(s1["params"]))
         ema = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(s1["ema"]), jax.tree.leaves(s2["ema"])))
         print(json.dumps({"diff": diff, "scale": scale, "ema": ema, "losses": losses, "devices": len(jax.devices()),
                           "fsdp_sharded": sum("fsdp" in s for s in specs), "moments_sharded": sum("fsdp" in s for s in moment_specs),
-                          "batch_by_sample": sharded.batch_sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None, None, None)}))
+                          "batch_by_sample": sharded.batch_shardings["views"].spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None, None, None)}))
         """,
         _with_devices(env, 8),
     )
