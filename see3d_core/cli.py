@@ -10,6 +10,8 @@ Subcommands import their side of the kit lazily, so `see3d --help` needs neither
   `--cameras cameras.json` or estimated cameras).
 - `see3d reconstruct RUN_DIR --out DIR`: Gaussian Splatting on the views of a `generate` run.
 - `see3d world --out DIR`: render a synthetic scene along a trajectory as a clip dataset.
+- `see3d dataset --out DIR --scenes N`: a training clip dataset of N synthetic scenes (orbits
+  with cameras and depths), the data of the small model's recipe.
 """
 
 from __future__ import annotations
@@ -89,6 +91,23 @@ def _print_summary(title: str, summary: dict, seconds: float) -> None:
     summary = {**summary, "seconds": round(seconds, 2)}
     print(f"{title}:", file=sys.stderr)
     print(json.dumps(summary, indent=1))
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from see3d_core.clips import ClipDataset, write_synthetic_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out}: not empty; choose a new directory (clip datasets are not overwritten)")
+    if args.scenes < 1 or args.frames < 2 or args.size < 8:
+        raise ValueError(f"expected --scenes >= 1, --frames >= 2, --size >= 8; got {args.scenes}, {args.frames}, {args.size}")
+    t0 = time.perf_counter()
+    write_synthetic_dataset(out, args.scenes, frames_per_clip=args.frames, width=args.size, height=args.size,
+                            seed=args.seed, posed=not args.unposed)
+    summary = {"out": str(out), "clips": len(ClipDataset(out).entries()), "frames_per_clip": args.frames,
+               "size": args.size, "posed": not args.unposed, "seed": args.seed}
+    _print_summary("see3d dataset wrote", summary, time.perf_counter() - t0)
+    return 0
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -277,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--trajectory", default="orbit", help="orbit, forward, spiral, or a trajectory file (.json / RealEstate10K .txt)")
     world.add_argument("--overwrite", action="store_true", help="replace an existing output")
     world.set_defaults(func=_cmd_world)
+
+    dataset = sub.add_parser("dataset", help="a training clip dataset of synthetic orbits (cameras and depths included)")
+    dataset.add_argument("--out", required=True, help="output directory (new or empty)")
+    dataset.add_argument("--scenes", type=int, default=800, help="number of scenes, one clip each")
+    dataset.add_argument("--frames", type=int, default=8, help="frames per clip (an orbit of 25-45 degrees)")
+    dataset.add_argument("--size", type=int, default=64, help="frame width and height")
+    dataset.add_argument("--seed", type=int, default=1, help="dataset seed (scene seeds are derived from it)")
+    dataset.add_argument("--unposed", action="store_true", help="leave out cameras and depths")
+    dataset.set_defaults(func=_cmd_dataset)
     return parser
 
 

@@ -50,6 +50,19 @@ def test_world_command_writes_dataset_and_previews(tmp_path):
     assert clips.ClipDataset(tmp_path / "w" / "dataset").validate() == 1
 
 
+def test_dataset_command_writes_posed_training_clips(tmp_path, capsys):
+    from see3d_core.clips import read_clip
+
+    out = tmp_path / "data"
+    assert cli.main(["dataset", "--out", str(out), "--scenes", "2", "--frames", "3", "--size", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["clips"] == 2
+    clip = read_clip(next(p for p in out.iterdir() if p.is_dir()))
+    assert clip.frames.shape == (3, 16, 16, 3) and clip.depths.shape == (3, 16, 16) and clip.info.posed
+    assert cli.main(["dataset", "--out", str(out), "--scenes", "2"]) == 2  # never writes into a non-empty folder
+    assert "not empty" in capsys.readouterr().err
+    assert cli.main(["dataset", "--out", str(tmp_path / "bad"), "--scenes", "0"]) == 2
+
+
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "see3d_core.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout
