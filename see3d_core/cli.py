@@ -183,7 +183,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     elif len(images) == 1:
         cams = [inputs.default_camera(images[0].shape[1], images[0].shape[0], args.fov)]
     else:
-        cams = inputs.estimate_cameras(images, args.fov)
+        cams = inputs.estimate_cameras(images, args.fov, method=args.camera_method)
     variant = args.variant if args.variant != "auto" else ("single" if len(images) == 1 else "sparse")
     backend = load_backend(args.backend, args.weights, args.device, args.steps, variant)
     estimator = _depth_estimator(args.depth_model)
@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--views", type=int, default=8, help="number of trajectory views")
     gen.add_argument("--anchors", type=int, default=2, help="anchor views per iteration")
     gen.add_argument("--fov", type=float, default=60.0, help="horizontal field of view (degrees) assumed without --cameras")
+    gen.add_argument("--camera-method", default="two_view", choices=("two_view", "colmap"),
+                     help="how cameras of 2-6 images are estimated without --cameras: OpenCV two-view geometry, or "
+                          "pycolmap structure from motion (the 'colmap' extra)")
     gen.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the backend's)")
     gen.add_argument("--variant", default="auto", choices=("auto", "single", "sparse"),
                      help="released See3D UNet (auto: single for one image, sparse for several)")
