@@ -222,6 +222,7 @@ def _colmap_c2ws(images: Sequence[np.ndarray], K: np.ndarray, seed: int = 0) -> 
             # 160-240 px): COLMAP's initial-pair defaults (16 degrees, 100 inliers) converged to
             # wrong reconstructions (4-22 degrees off) in 8 of 15 runs, and its 4 px point filter
             # still let scene 1 go wrong; with these, 18 of 18 runs (2-6 views) were within 0.6
+            # degrees
             options.mapper.init_min_tri_angle = 4.0
             options.mapper.init_min_num_inliers = 50
             options.mapper.filter_max_reproj_error = 2.0
