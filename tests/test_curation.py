@@ -13,7 +13,7 @@ import pytest
 from see3d_core import videos
 from see3d_core.cameras import invert_pose
 from see3d_core.clips import ClipDataset, read_manifest
-from see3d_torch.curation import CurationConfig, curate, geometry, io, pipeline, split, tracks
+from see3d_torch.curation import CurationConfig, curate, flow, geometry, io, pipeline, split, tracks
 from see3d_torch.curation.cli import main as cli_main
 from see3d_torch.curation.detectors import Detection, count_dynamic, load_detector, DetectorUnavailable
 from see3d_torch.curation.runner import reconcile
@@ -268,7 +268,6 @@ def test_downsampling_reads_stride_and_size(tmp_path):
 
 
 def test_forward_backward_consistency_flags_mismatches_and_pixels_leaving_the_image():
-    from see3d_torch.curation import flow
 
     forward = np.zeros((40, 50, 2), np.float32)
     forward[..., 0] = 3.0  # everything moves 3 px to the right
@@ -294,3 +293,36 @@ def test_short_videos_are_judged_by_the_frames_they_have(kind):
         assert no_precheck.reason == "no_camera_motion" and no_precheck.steps["motion"]["exit"] == "flow early exit"
     else:
         assert decision.status == "accepted", (decision.reason, decision.scores)
+
+
+def test_chained_flow_adds_steps_and_is_trusted_only_where_every_step_was():
+    h, w = 20, 30
+    step1 = np.zeros((h, w, 2), np.float32)
+    step1[..., 0] = 2.0  # 2 px right
+    step2 = np.zeros((h, w, 2), np.float32)
+    step2[..., 1] = 3.0  # then 3 px down
+    trusted2 = np.ones((h, w), bool)
+    trusted2[10, 12] = False  # where pixel (10, 10) lands after the first step
+    chained, valid = flow.chain_flows([step1, step2], [np.ones((h, w), bool), trusted2])
+    assert np.allclose(chained[5, 5], [2.0, 3.0])
+    assert not valid[10, 10] and valid[10, 11] and valid[5, 5]
+    assert not valid[5, w - 1]  # left the image in the first step
+    margin = flow.away_from_untrusted(trusted2, 2)
+    assert not margin[10, 14] and margin[10, 15] and not margin[0, 15]  # the border counts as untrusted
+
+
+def test_mixed_video_is_cut_before_its_objects_start_moving():
+    # the movers slide along the epipolar lines of adjacent frames: only the chained windows see them
+    video = videos.make_video("mixed", 4, num_frames=48, width=240, height=180)
+    frames = video.frames[::2]
+    onset = int(np.argmax(video.dynamic[::2]))  # first downsampled frame with moving objects (17)
+    downsampled = io.DownsampledVideo(frames, np.arange(0, 48, 2), 7.5, 15.0, (240, 180))
+    decision = pipeline.decide(downsampled, CurationConfig(), seed=0)
+    assert decision.status == "accepted", (decision.reason, decision.scores["motion"])
+    assert decision.clip_ranges, decision.scores["motion"]
+    assert max(stop for _, stop in decision.clip_ranges) <= onset + 1  # a frame of tolerance
+    first_start, first_stop = decision.clip_ranges[0]
+    assert first_start == 0 and first_stop - first_start >= CurationConfig().clips.min_clip_frames
+    # the same video without the windows (the SPEC's adjacent-pair test alone) keeps the moving frames
+    adjacent_only = pipeline.decide(downsampled, CurationConfig().with_options(window_frames=0), seed=0)
+    assert max(stop for _, stop in adjacent_only.clip_ranges) > onset + 1

@@ -83,6 +83,19 @@ class MotionConfig:
     # a region pixel fits when within this many flow pixels of the affine fit, at a flow long side of
     # 768 (scaled with the flow size, so that a verdict does not depend on the input resolution)
     rigid_tolerance_px: float = 2.4
+    # Long-baseline windows: the consecutive flows chained over `window_frames` frames. An object moving
+    # along the epipolar lines of adjacent frames (a horizontal mover seen from a horizontal orbit) is
+    # off the epipolar lines of frames further apart, once the camera has turned. 0 turns windows off.
+    window_frames: int = 6
+    window_stride: int = 1  # a window starts at every `window_stride`-th frame
+    window_correspondences: int = 1000
+    window_inlier_px: float = 2.4  # MAGSAC++ inlier threshold of a window's F, pixels at flow long side 768
+    window_sampson_divisor: float = 8100.0  # dynamic pixel in a window: error > H * W / divisor (px^2)
+    window_min_region: float = 0.01  # a window is dynamic when its largest dynamic region covers this share
+    window_min_run: int = 2  # ... and so are its neighbours in a run this long (flow errors are sporadic, movers persist)
+    # chained flow is trusted only this far (pixels at a flow long side of 768) from forward-backward
+    # failures and the border: next to occlusion edges DIS drags the background along with the occluder
+    occlusion_margin_px: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

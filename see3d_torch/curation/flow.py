@@ -8,7 +8,7 @@ mapping gray0's pixels into gray1.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -112,3 +112,29 @@ def forward_backward_consistent(forward: np.ndarray, backward: np.ndarray, relat
     bound = relative * bound + absolute
     inside = (ex >= 0) & (ex <= w - 1) & (ey >= 0) & (ey <= h - 1)
     return (error < bound) & inside
+
+
+def away_from_untrusted(trusted: np.ndarray, margin_px: int) -> np.ndarray:
+    """`trusted` eroded by a disk of radius `margin_px`: flow next to an occlusion edge or the image
+    border is often dragged along by the occluder even where the forward-backward test passes."""
+    if margin_px < 1:
+        return trusted
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+    return cv2.erode(trusted.astype(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def chain_flows(flows: Sequence[np.ndarray], trusted: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Compose the flows of consecutive frames a -> a+1 -> ... -> a+k into one flow a -> a+k.
+
+    A chained correspondence is trusted only where every step along its path was; composing short
+    steps keeps DIS accurate where one direct flow over k frames would have to find large motions."""
+    h, w = flows[0].shape[:2]
+    xs, ys = pixel_grid(h, w)
+    px, py = xs.copy(), ys.copy()
+    valid = np.ones((h, w), bool)
+    for step, ok in zip(flows, trusted):
+        valid &= cv2.remap(ok.astype(np.uint8), px, py, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        moved = cv2.remap(step, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        px += moved[..., 0]
+        py += moved[..., 1]
+    return np.stack([px - xs, py - ys], axis=-1), valid

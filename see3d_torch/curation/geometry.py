@@ -26,16 +26,24 @@ def edge_correlations(gray_frames: list[np.ndarray], low: int = 50, high: int = 
     return np.array(values)
 
 
-def fundamental_from_flow(flow: np.ndarray, valid: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray | None:
-    """F by LMedS on `num_samples` random valid flow correspondences; None when degenerate."""
+def fundamental_from_flow(flow: np.ndarray, valid: np.ndarray, num_samples: int, rng: np.random.Generator,
+                          inlier_px: float | None = None) -> np.ndarray | None:
+    """F from `num_samples` random valid flow correspondences; None when degenerate.
+
+    LMedS (the SPEC's estimator) by default; with `inlier_px`, MAGSAC++ with that inlier threshold,
+    which fits the static majority more tightly (LMedS's looser F leaves smooth residual fields that
+    flag static regions once flows are chained over several frames)."""
     ys, xs = np.nonzero(valid)
     if len(xs) < 8:
         return None
     pick = rng.choice(len(xs), size=min(num_samples, len(xs)), replace=False)
     p0 = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
     p1 = p0 + flow[ys[pick], xs[pick]].astype(np.float64)
-    cv2.setRNGSeed(int(rng.integers(2**31 - 1)))  # LMedS samples with OpenCV's RNG: keep it reproducible
-    F, _ = cv2.findFundamentalMat(p0, p1, cv2.FM_LMEDS)
+    cv2.setRNGSeed(int(rng.integers(2**31 - 1)))  # both sample with OpenCV's RNG: keep it reproducible
+    if inlier_px is None:
+        F, _ = cv2.findFundamentalMat(p0, p1, cv2.FM_LMEDS)
+    else:
+        F, _ = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, inlier_px, 0.999, 10000)
     if F is None or F.shape != (3, 3):
         return None
     return F
@@ -92,3 +100,9 @@ def rigid_fit_ratio(flow: np.ndarray, mask: np.ndarray, valid: np.ndarray, toler
         inliers += float(np.mean(residual < tolerance_px)) * len(xs)
         total += len(xs)
     return (inliers / total if total else float("nan")), int(total)
+
+
+def largest_region_fraction(mask: np.ndarray) -> float:
+    """Area of the largest 8-connected region of `mask`, as a share of the frame."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return float(stats[1:, cv2.CC_STAT_AREA].max()) / mask.size if count > 1 else 0.0

@@ -7,6 +7,7 @@ numbers behind it and the static clip ranges. Writing files is the runner's job.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -59,6 +60,30 @@ def analyse_pair(gray0: np.ndarray, gray1: np.ndarray, estimate_flow: flow.FlowE
     return PairMotion(forward, backward, consistent, F, sampson, mask)
 
 
+@dataclasses.dataclass
+class WindowMotion:
+    """Flow chained over several frames and the pixels it puts off their epipolar lines."""
+
+    forward: np.ndarray  # [H, W, 2] first frame -> last frame of the window
+    valid: np.ndarray  # [H, W] bool, every step trusted
+    mask: np.ndarray  # [H, W] bool dynamic pixels (valid ones only)
+    largest_region: float  # share of the frame covered by the largest dynamic region
+
+
+def analyse_window(flows: list[np.ndarray], trusted: list[np.ndarray], config: MotionConfig,
+                   rng: np.random.Generator) -> WindowMotion:
+    """The Sampson test on consecutive flows chained over a window (see `MotionConfig.window_frames`)."""
+    forward, valid = flow.chain_flows(flows, trusted)
+    inlier_px = config.window_inlier_px * max(valid.shape) / FLOW_REFERENCE_LONG_SIDE
+    F = geometry.fundamental_from_flow(forward, valid, config.window_correspondences, rng, inlier_px)
+    if F is None:
+        sampson = np.zeros(valid.shape, np.float32)
+    else:
+        sampson = np.where(valid, geometry.sampson_error(F, forward), 0.0).astype(np.float32)
+    mask = geometry.dynamic_mask(sampson, config.sampson_percentile, config.window_sampson_divisor) & valid
+    return WindowMotion(forward, valid, mask, geometry.largest_region_fraction(mask))
+
+
 def flow_frames(frames: np.ndarray, long_side: int) -> list[np.ndarray]:
     """Gray frames resized so the long side is at most `long_side` (never upscaled)."""
     h, w = frames.shape[1:3]
@@ -74,6 +99,15 @@ def _required_static(available: int, required: int, of: int) -> int:
     if available <= 0:
         return 1  # no pair: no evidence of a static camera (the too_short rule handles tiny videos)
     return min(available, math.ceil(required * available / of - 1e-9))
+
+
+def _in_long_runs(flags: np.ndarray, min_run: int) -> np.ndarray:
+    """`flags` kept only inside runs of at least `min_run` consecutive True values."""
+    kept = np.zeros(len(flags), bool)
+    for start, stop in split.static_segments(~flags):  # the runs of True
+        if stop - start >= min_run:
+            kept[start:stop] = True
+    return kept
 
 
 @dataclasses.dataclass
@@ -170,6 +204,9 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     static_px = mo.static_flow_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
     magnitudes, fractions, rigid_inliers, rigid_pixels = [], [], 0.0, 0
     tolerance = mo.rigid_tolerance_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
+    margin = round(mo.occlusion_margin_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE)
+    recent = collections.deque(maxlen=mo.window_frames)  # (forward flow, trusted) of the last pairs
+    window_starts, window_regions = [], []
     min_region = max(8, round(fh * fw * 4e-4))  # regions smaller than 0.04% of the frame are too small to fit
     # short videos: the early exit looks at all their pairs and asks the same share to be static
     early_exit_pairs = min(mo.early_exit_pairs, len(grays) - 1)
@@ -187,6 +224,13 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
             if pixels:
                 rigid_inliers += ratio * pixels
                 rigid_pixels += pixels
+        if mo.window_frames:
+            recent.append((pair.forward, flow.away_from_untrusted(pair.consistent, margin)))
+            start = i + 1 - mo.window_frames
+            if start >= 0 and start % mo.window_stride == 0:
+                window = analyse_window([f for f, _ in recent], [t for _, t in recent], mo, rng)
+                window_starts.append(start)
+                window_regions.append(window.largest_region)
         if flow_says_static():
             break
     motion_scores.update({"static_flow_px": round(static_px, 4), "mean_abs_flow": _round(magnitudes),
@@ -198,11 +242,33 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         return run.decision()
     dynamic_pairs = np.array(fractions) > mo.dynamic_pixel_fraction
     dynamic_share = float(dynamic_pairs.mean())
+    dynamic_windows = _in_long_runs(np.array(window_regions) >= mo.window_min_region, mo.window_min_run)
+    window_share = float(dynamic_windows.mean()) if len(dynamic_windows) else 0.0
+    # Clips drop every frame a dynamic pair or window touches (frames past the flow range were not
+    # checked). The video-level share counts a window at its last frame only: the motion it sees has
+    # happened by then, and a mover that starts late must not claim the frames before it moved.
+    per_frame = np.ones(n, bool)
+    per_frame[: len(grays)] = False
+    seen_moving = np.zeros(len(grays), bool)
+    for i in np.flatnonzero(dynamic_pairs):
+        per_frame[i : i + 2] = seen_moving[i : i + 2] = True
+    for start in np.array(window_starts, int)[dynamic_windows]:
+        per_frame[start : start + mo.window_frames + 1] = True
+        seen_moving[start + mo.window_frames] = True
+    flagged_share = float(seen_moving.mean())
+    motion_scores["flagged_frame_share"] = round(flagged_share, 4)
     motion_scores["dynamic_frame_share"] = round(dynamic_share, 4)
     motion_scores["rigid_fit_ratio"] = round(rigid_inliers / rigid_pixels, 4) if rigid_pixels else None
+    motion_scores.update({"window_frames": mo.window_frames, "window_starts": window_starts,
+                          "window_largest_regions": _round(window_regions), "dynamic_window_share": round(window_share, 4)})
     run.ran("motion", **notes)
-    if dynamic_share >= mo.dynamic_frame_ratio:
-        rigid = rigid_pixels and rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio
+    # the SPEC rule on adjacent pairs, or frames flagged by pairs or windows (windows catch objects that
+    # move along the epipolar lines of adjacent frames)
+    if max(dynamic_share, flagged_share) >= mo.dynamic_frame_ratio:
+        # the affine fit of adjacent pairs' regions tells rigid movers from deforming content; chained
+        # flow does not (waving walls fit as well as movers); without adjacent regions only windows saw
+        # the motion, typically an object sliding along the epipolar lines
+        rigid = rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio if rigid_pixels else True
         run.rejected = "dynamic_objects" if rigid else "non_rigid_motion"
         return run.decision()
 
@@ -227,10 +293,5 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         run.rejected = "small_viewpoint"
         return run.decision()
 
-    # clips: frames touched by a dynamic pair are dropped; frames past the flow range were not checked
-    per_frame = np.ones(n, bool)
-    per_frame[: len(grays)] = False
-    for i in np.flatnonzero(dynamic_pairs):
-        per_frame[i : i + 2] = True
-    cfg = config.clips
-    return run.decision(split.split_clips(per_frame, cfg.max_clip_frames, cfg.min_clip_frames))
+    # clips: runs of frames that no dynamic pair or window touched
+    return run.decision(split.split_clips(per_frame, config.clips.max_clip_frames, config.clips.min_clip_frames))
