@@ -268,7 +268,6 @@ def test_downsampling_reads_stride_and_size(tmp_path):
 
 
 def test_forward_backward_consistency_flags_mismatches_and_pixels_leaving_the_image():
-
     forward = np.zeros((40, 50, 2), np.float32)
     forward[..., 0] = 3.0  # everything moves 3 px to the right
     backward = -forward
@@ -326,3 +325,12 @@ def test_mixed_video_is_cut_before_its_objects_start_moving():
     # the same video without the windows (the SPEC's adjacent-pair test alone) keeps the moving frames
     adjacent_only = pipeline.decide(downsampled, CurationConfig().with_options(window_frames=0), seed=0)
     assert max(stop for _, stop in adjacent_only.clip_ranges) > onset + 1
+
+
+def test_window_fundamental_without_a_model_is_no_evidence_not_an_error(monkeypatch):
+    def usac_without_model(*args):
+        raise cv2.error("(-215:Assertion failed) !model.empty() in function 'setModelParameters'")
+
+    monkeypatch.setattr(geometry.cv2, "findFundamentalMat", usac_without_model)
+    flow_field = np.ones((30, 40, 2), np.float32)
+    assert geometry.fundamental_from_flow(flow_field, np.ones((30, 40), bool), 100, np.random.default_rng(0), 1.0) is None

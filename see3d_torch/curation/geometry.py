@@ -43,7 +43,10 @@ def fundamental_from_flow(flow: np.ndarray, valid: np.ndarray, num_samples: int,
     if inlier_px is None:
         F, _ = cv2.findFundamentalMat(p0, p1, cv2.FM_LMEDS)
     else:
-        F, _ = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, inlier_px, 0.999, 10000)
+        try:
+            F, _ = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, inlier_px, 0.999, 10000)
+        except cv2.error:  # OpenCV's USAC asserts instead of returning nothing when no model fits
+            return None
     if F is None or F.shape != (3, 3):
         return None
     return F
