@@ -245,8 +245,9 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     dynamic_windows = _in_long_runs(np.array(window_regions) >= mo.window_min_region, mo.window_min_run)
     window_share = float(dynamic_windows.mean()) if len(dynamic_windows) else 0.0
     # Clips drop every frame a dynamic pair or window touches (frames past the flow range were not
-    # checked). The video-level share counts a window at its last frame only: the motion it sees has
-    # happened by then, and a mover that starts late must not claim the frames before it moved.
+    # checked). The video-level share counts a window from its last frame up to the next window's last
+    # frame only: the motion it sees has happened by then, and a mover that starts late must not claim
+    # the frames before it moved.
     per_frame = np.ones(n, bool)
     per_frame[: len(grays)] = False
     seen_moving = np.zeros(len(grays), bool)
@@ -254,7 +255,7 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         per_frame[i : i + 2] = seen_moving[i : i + 2] = True
     for start in np.array(window_starts, int)[dynamic_windows]:
         per_frame[start : start + mo.window_frames + 1] = True
-        seen_moving[start + mo.window_frames] = True
+        seen_moving[start + mo.window_frames : start + mo.window_frames + mo.window_stride] = True
     flagged_share = float(seen_moving.mean())
     motion_scores["flagged_frame_share"] = round(flagged_share, 4)
     motion_scores["dynamic_frame_share"] = round(dynamic_share, 4)
