@@ -85,6 +85,8 @@ def test_config_file_and_options(tmp_path):
         CurationConfig.from_file(bad)
     with pytest.raises(TypeError, match="no_such_option"):
         CurationConfig().with_options(no_such_option=1)
+    with pytest.raises(ValueError, match="window_stride"):
+        CurationConfig().with_options(window_stride=0)
 
 
 def test_maskrcnn_missing_is_reported_not_passed():

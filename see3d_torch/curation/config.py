@@ -97,6 +97,11 @@ class MotionConfig:
     # failures and the border: next to occlusion edges DIS drags the background along with the occluder
     occlusion_margin_px: float = 10.0
 
+    def __post_init__(self):
+        for name, least in (("window_frames", 0), ("window_stride", 1), ("window_min_run", 1), ("window_correspondences", 8)):
+            if getattr(self, name) < least:
+                raise ValueError(f"motion.{name} must be >= {least}, got {getattr(self, name)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ViewpointConfig:

@@ -267,9 +267,12 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     # move along the epipolar lines of adjacent frames)
     if max(dynamic_share, flagged_share) >= mo.dynamic_frame_ratio:
         # the affine fit of adjacent pairs' regions tells rigid movers from deforming content; chained
-        # flow does not (waving walls fit as well as movers); without adjacent regions only windows saw
-        # the motion, typically an object sliding along the epipolar lines
-        rigid = rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio if rigid_pixels else True
+        # flow does not (waving walls fit as well as movers). Without adjacent regions to fit, motion
+        # that only windows saw is typically an object sliding along the epipolar lines.
+        if rigid_pixels:
+            rigid = rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio
+        else:
+            rigid = dynamic_share < mo.dynamic_frame_ratio
         run.rejected = "dynamic_objects" if rigid else "non_rigid_motion"
         return run.decision()
 
