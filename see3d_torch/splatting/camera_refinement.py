@@ -125,6 +125,20 @@ def translation_errors(estimated: Sequence[Camera], reference: Sequence[Camera],
     return np.linalg.norm(A - B, axis=1)
 
 
+def align_cameras(cameras: Sequence[Camera], reference: Sequence[Camera]) -> list[Camera]:
+    """`cameras` moved by the one rigid transform that best maps them onto `reference`: the
+    chordal mean of the rotation changes, then the mean centre. Refining poses against a scene
+    rebuilt from those poses leaves this gauge free; aligning after every round stops it drifting."""
+    if len(cameras) != len(reference) or not cameras:
+        raise ValueError(f"need the same non-zero number of cameras, got {len(cameras)} and {len(reference)}")
+    R_cam = np.stack([c.c2w[:3, :3] for c in cameras])
+    R_ref = np.stack([c.c2w[:3, :3] for c in reference])
+    T = np.eye(4)
+    T[:3, :3] = _project_to_rotation(np.einsum("nij,nkj->ik", R_ref, R_cam))
+    T[:3, 3] = np.mean([c.center for c in reference], axis=0) - T[:3, :3] @ np.mean([c.center for c in cameras], axis=0)
+    return [Camera(c.K, T @ c.c2w, c.width, c.height) for c in cameras]
+
+
 def perturb_cameras(
     cameras: Sequence[Camera], rotation_deg: float, translation: float, seed: int = 0
 ) -> list[Camera]:

@@ -10,7 +10,10 @@
   (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS);
 - adaptive density control with opacity reset (`densification.py`);
 - optional per-camera pose refinement (6D rotation + translation deltas) and per-image
-  exposure compensation (`camera_refinement.py`);
+  exposure compensation (`camera_refinement.py`). Pose refinement first alternates between
+  training a scene with the poses held fixed and registering every pose alone against it
+  (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses and scene
+  jointly during the main training;
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
 Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
@@ -25,11 +28,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from see3d_core.cameras import Camera
 from see3d_torch import metrics
-from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, invert_rigid
+from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, align_cameras, invert_rigid
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
 from see3d_torch.splatting.rendering import rasterization
@@ -73,8 +77,18 @@ class ReconstructionConfig:
     )
     # camera pose refinement and exposure compensation
     refine_cameras: bool = False
-    camera_rotation_lr: float = 2e-2
-    camera_translation_lr: float = 1e-2  # multiplied by the scene scale
+    # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
+    # shrunk by this factor, then every pose registered alone against it (coarse to fine)
+    camera_round_downscales: tuple[int, ...] = (2, 2, 2, 1)
+    camera_round_steps: int = 150  # scene steps per round
+    camera_round_points: int = 8_000  # depth-init Gaussians per round scene
+    camera_round_init_views: int = 3  # round scenes start from this many evenly spaced views' depths
+    camera_registration_iters: int = 25  # all poses per iteration; more overfits the round's blurred scene
+    camera_registration_lr: float = 1e-2  # Adam on the 6D rotation and translation/scene-scale deltas
+    camera_registration_lr_decay: float = 0.8  # per round
+    # joint phase (the main training)
+    camera_rotation_lr: float = 1e-2
+    camera_translation_lr: float = 5e-3  # multiplied by the scene scale
     camera_lr_final_factor: float = 0.05  # exponential decay over the run, like the means
     exposure_compensation: bool = False
     exposure_lr: float = 2e-3
@@ -95,6 +109,11 @@ class ReconstructionConfig:
             raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
         if self.lpips_weight < 0 or self.depth_weight < 0:
             raise ValueError("lpips_weight and depth_weight must be >= 0")
+        self.camera_round_downscales = tuple(int(f) for f in self.camera_round_downscales)
+        if any(f < 1 for f in self.camera_round_downscales):
+            raise ValueError(f"camera_round_downscales must be integers >= 1, got {self.camera_round_downscales}")
+        if self.camera_round_init_views < 1 or self.camera_round_steps < 1 or self.camera_registration_iters < 1:
+            raise ValueError("camera_round_init_views, camera_round_steps and camera_registration_iters must be >= 1")
         self.eval_views = tuple(int(i) for i in self.eval_views)
 
 
@@ -180,6 +199,72 @@ def _evaluate(gaussians: Gaussians, images: torch.Tensor, cameras: Sequence[Came
     return {k: float(np.mean(v)) for k, v in values.items() if v}
 
 
+def register_cameras(
+    gaussians: Gaussians,
+    images: torch.Tensor,
+    cameras: Sequence[Camera],
+    iterations: int,
+    lr: float,
+    config: ReconstructionConfig,
+) -> list[Camera]:
+    """Pose-only registration: every camera's pose refined (6D rotation and translation deltas,
+    Adam, all cameras per iteration) so that the fixed `gaussians` render `images` [V, H, W, 3]
+    under an L1 loss. The translation's learning rate is `lr` times the cameras' scene scale."""
+    device = gaussians.means.device
+    params = {name: t.detach() for name, t in gaussians.tensors().items()}
+    c2w, Ks = _camera_tensors(cameras, device)
+    refinement = CameraRefinement(len(cameras)).to(device)
+    optimizer = torch.optim.Adam([
+        {"params": list(refinement.rotation_deltas), "lr": lr},
+        {"params": list(refinement.translation_deltas), "lr": lr * scene_scale(cameras)},
+    ])
+    indices = torch.arange(len(cameras), device=device)
+    targets = images.to(device)
+    for _ in range(iterations):
+        out, _, _ = _render(params, invert_rigid(refinement(c2w, indices)), Ks, cameras[0].width, cameras[0].height,
+                            config, gaussians.sh_degree)
+        loss = (out[..., :3] - targets).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        refined = refinement(c2w, indices).double().cpu().numpy()
+    return [Camera(cam.K, T, cam.width, cam.height) for cam, T in zip(cameras, refined)]
+
+
+def _evenly_spaced(total: int, count: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.linspace(0, total, min(count, total), endpoint=False))
+
+
+def _alternate_scene_and_poses(images: torch.Tensor, cameras: list[Camera], depths, config: ReconstructionConfig) -> list[Camera]:
+    """Block-coordinate pose refinement, one round per `config.camera_round_downscales` entry:
+    train a scene on the (shrunk) views with the current poses held fixed, register every pose
+    alone against it, and align the poses back onto the given ones (the gauge). A scene trained
+    jointly with wrong poses blurs and absorbs the errors; here the scene is rebuilt from the
+    corrected poses every round, so it sharpens as the poses improve. Returns full-size cameras."""
+    height, width = images.shape[1:3]
+    given = list(cameras)
+    lr = config.camera_registration_lr
+    init_views = _evenly_spaced(len(cameras), config.camera_round_init_views)
+    for downscale in config.camera_round_downscales:
+        w, h = max(width // downscale, 8), max(height // downscale, 8)
+        small_images = F.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
+        small_depths = None
+        if depths is not None:
+            small_depths = F.interpolate(torch.from_numpy(np.stack(depths))[:, None], size=(h, w), mode="nearest")[:, 0].numpy()
+        small_cameras = [c.resized(w, h) for c in cameras]
+        round_config = dataclasses.replace(
+            config, steps=config.camera_round_steps, time_limit_s=None, init_points=config.camera_round_points,
+            init_views=init_views if depths is not None else None, refine_cameras=False, exposure_compensation=False,
+            lpips_weight=0.0, eval_views=(), progress=False,
+        )
+        scene = _reconstruct(small_images.numpy(), small_cameras, small_depths, round_config)
+        registered = register_cameras(scene.gaussians, small_images, small_cameras, config.camera_registration_iters, lr, config)
+        cameras = align_cameras([Camera(c.K, r.c2w, c.width, c.height) for c, r in zip(cameras, registered)], given)
+        lr *= config.camera_registration_lr_decay
+    return cameras
+
+
 def reconstruct(
     images: Sequence[np.ndarray],
     cameras: Sequence[Camera],
@@ -225,13 +310,25 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
         raise ValueError("no training views left after holding out eval_views")
     if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
         metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
+    if config.refine_cameras and config.camera_round_downscales:
+        registered = _alternate_scene_and_poses(
+            images_t[train_views], [cameras[i] for i in train_views],
+            [depths[i] for i in train_views] if depths is not None else None, config,
+        )
+        for view, cam in zip(train_views, registered):
+            cameras[view] = cam
 
     scale = scene_scale([cameras[i] for i in train_views])
     init = config.init if config.init != "auto" else ("depth" if depths is not None else "random")
     if init == "depth":
         if depths is None:
             raise ValueError("init='depth' needs depths")
-        init_views = train_views if config.init_views is None else list(config.init_views)
+        if config.init_views is not None:
+            init_views = list(config.init_views)
+        elif config.refine_cameras:  # each view's own points would pin its pose: init from a few
+            init_views = [train_views[i] for i in _evenly_spaced(len(train_views), config.camera_round_init_views)]
+        else:
+            init_views = train_views
         if any(i not in train_views for i in init_views):
             raise ValueError(f"init_views {list(config.init_views)} must be training views (not held out)")
         gaussians = Gaussians.from_depths(
