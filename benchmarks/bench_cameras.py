@@ -16,21 +16,11 @@ import time
 import numpy as np
 
 from see3d_core import synthetic
-from see3d_core.cameras import rotation_angle_deg
+from see3d_core.cameras import rotation_angle_deg, similarity_aligned
 from see3d_torch.generation import inputs
 
 # (views, image size in px, azimuth span in degrees)
 ORBITS = ((3, 160, 16.0), (5, 200, 30.0), (4, 200, 60.0), (6, 240, 50.0))
-
-
-def similarity_aligned(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """`source` points moved by the scale/rotation/translation that best fits `target` (Umeyama)."""
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    s_c, t_c = source - mu_s, target - mu_t
-    U, S, Vt = np.linalg.svd(t_c.T @ s_c / len(source))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    return np.trace(np.diag(S) @ D) / (s_c ** 2).sum(1).mean() * s_c @ R.T + mu_t
 
 
 def errors(est: list, true: list) -> tuple[float, float]:

@@ -184,6 +184,25 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     return float(np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def nearest_rotation(M: np.ndarray) -> np.ndarray:
+    """The rotation closest to a 3x3 matrix in the Frobenius sense (SVD, determinant +1)."""
+    U, _, Vt = np.linalg.svd(M)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
+def similarity_aligned(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Points `source` [N, 3] moved by the scale, rotation and translation that best fit them
+    onto `target` [N, 3] in the least-squares sense (Umeyama). Pose estimates from images are
+    only defined up to such a transform, so they are compared with the truth after it."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    s_c, t_c = source - mu_s, target - mu_t
+    U, S, Vt = np.linalg.svd(t_c.T @ s_c / len(source))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    scale = np.trace(np.diag(S) @ D) / max((s_c ** 2).sum(1).mean(), 1e-12)
+    return scale * s_c @ (U @ D @ Vt).T + mu_t
+
+
 # --- a camera as a value ----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

@@ -7,19 +7,8 @@ import numpy as np
 import pytest
 
 from see3d_core import cli, synthetic
-from see3d_core.cameras import rotation_angle_deg
+from see3d_core.cameras import rotation_angle_deg, similarity_aligned
 from see3d_torch.generation import inputs
-
-
-def _similarity_aligned(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """`source` points moved by the scale/rotation/translation that best fits `target` (Umeyama)."""
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    s_c, t_c = source - mu_s, target - mu_t
-    U, S, Vt = np.linalg.svd(t_c.T @ s_c / len(source))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    scale = np.trace(np.diag(S) @ D) / (s_c ** 2).sum(1).mean()
-    return scale * s_c @ R.T + mu_t
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def test_colmap_cameras_match_the_true_orbit(orbit_views):
             assert rotation_angle_deg(est_rel, true_rel) < 1.5, (i, j)
     true_centres = np.array([c.center for c in cams])
     radius = np.linalg.norm(true_centres - true_centres.mean(0), axis=1).max()
-    aligned = _similarity_aligned(np.array([c.center for c in est]), true_centres)
+    aligned = similarity_aligned(np.array([c.center for c in est]), true_centres)
     assert np.linalg.norm(aligned - true_centres, axis=1).max() < 0.03 * radius
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from see3d_core.cameras import Camera, axis_angle_to_rotation, rotation_angle_deg
+from see3d_core.cameras import Camera, axis_angle_to_rotation, nearest_rotation, rotation_angle_deg, similarity_aligned
 
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -89,12 +89,6 @@ class ExposureCompensation(nn.Module):
 
 # --- measuring pose errors ------------------------------------------------------------------------
 
-def _project_to_rotation(M: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(M)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
-
-
 def rotation_errors_deg(estimated: Sequence[Camera], reference: Sequence[Camera], align: bool = True) -> np.ndarray:
     """Per-camera rotation error in degrees between two sets of cameras.
 
@@ -105,7 +99,7 @@ def rotation_errors_deg(estimated: Sequence[Camera], reference: Sequence[Camera]
         raise ValueError(f"need the same non-zero number of cameras, got {len(estimated)} and {len(reference)}")
     R_est = np.stack([c.c2w[:3, :3] for c in estimated])
     R_ref = np.stack([c.c2w[:3, :3] for c in reference])
-    G = _project_to_rotation(np.einsum("nij,nkj->ik", R_ref, R_est)) if align else np.eye(3)
+    G = nearest_rotation(np.einsum("nij,nkj->ik", R_ref, R_est)) if align else np.eye(3)
     return np.array([rotation_angle_deg(G @ a, b) for a, b in zip(R_est, R_ref)])
 
 
@@ -115,13 +109,7 @@ def translation_errors(estimated: Sequence[Camera], reference: Sequence[Camera],
     A = np.stack([c.center for c in estimated])
     B = np.stack([c.center for c in reference])
     if align and len(A) >= 3:
-        mu_a, mu_b = A.mean(0), B.mean(0)
-        Ac, Bc = A - mu_a, B - mu_b
-        U, S, Vt = np.linalg.svd(Bc.T @ Ac / len(A))
-        D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-        R = U @ D @ Vt
-        scale = np.trace(np.diag(S) @ D) / max((Ac**2).sum() / len(A), 1e-12)
-        A = scale * Ac @ R.T + mu_b
+        A = similarity_aligned(A, B)
     return np.linalg.norm(A - B, axis=1)
 
 
@@ -134,7 +122,7 @@ def align_cameras(cameras: Sequence[Camera], reference: Sequence[Camera]) -> lis
     R_cam = np.stack([c.c2w[:3, :3] for c in cameras])
     R_ref = np.stack([c.c2w[:3, :3] for c in reference])
     T = np.eye(4)
-    T[:3, :3] = _project_to_rotation(np.einsum("nij,nkj->ik", R_ref, R_cam))
+    T[:3, :3] = nearest_rotation(np.einsum("nij,nkj->ik", R_ref, R_cam))
     T[:3, 3] = np.mean([c.center for c in reference], axis=0) - T[:3, :3] @ np.mean([c.center for c in cameras], axis=0)
     return [Camera(c.K, T @ c.c2w, c.width, c.height) for c in cameras]
 
