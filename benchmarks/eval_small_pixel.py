@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from see3d_core import synthetic
+from see3d_core.cameras import scale_intrinsics
 from see3d_jax import sampling, schedules
 from see3d_jax.condition import ConditionConfig, forward_warp_references
 from see3d_jax.data import square_resize, to_model_range
@@ -44,9 +45,7 @@ def held_out_views(seed: int, size: int, num_views: int = 4, span_deg: float = 3
     frames = synthetic.render_trajectory(scene, cams)
     rgb = square_resize(np.stack([(np.clip(f.rgb, 0, 1) * 255 + 0.5).astype(np.uint8) if f.rgb.dtype != np.uint8 else f.rgb for f in frames]), size)
     depth = np.stack([cv2.resize(f.depth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for f in frames])
-    K = np.stack([c.K for c in cams]).astype(np.float64)
-    K[:, :2, :2] *= 0.5  # pixel centres at integers: x' = (x + 0.5) / 2 - 0.5
-    K[:, :2, 2] = (K[:, :2, 2] + 0.5) * 0.5 - 0.5
+    K = scale_intrinsics(np.stack([c.K for c in cams]), 0.5)
     c2w = np.stack([c.c2w for c in cams])
     return to_model_range(rgb), depth, K.astype(np.float32), c2w.astype(np.float32)
 

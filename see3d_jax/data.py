@@ -24,31 +24,33 @@ import cv2
 import grain
 import numpy as np
 
+from see3d_core.cameras import scale_intrinsics
 from see3d_core.clips import ClipDataset, ClipFormatError, read_clip, read_info
+
+
+def _square_crop(height: int, width: int) -> tuple[int, int, int]:
+    """(side, top, left) of the centred square crop of a height x width image."""
+    side = min(height, width)
+    return side, (height - side) // 2, (width - side) // 2
 
 
 def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop [N, H, W, ...] frames (uint8 images or float depths) to a square and resize
     to `size` (area filter when shrinking)."""
-    h, w = frames.shape[1:3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
+    side, top, left = _square_crop(*frames.shape[1:3])
     crop = frames[:, top:top + side, left:left + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
 
 
 def square_resize_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
-    """The intrinsics [..., 3, 3] after `square_resize` of a height x width image to `size`
-    (pixel centres at integers: x' = (x - left + 0.5) * s - 0.5)."""
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    s = size / side
+    """The intrinsics [..., 3, 3] after `square_resize` of a height x width image to `size`:
+    the principal point moves with the crop, then the resize scales them."""
+    side, top, left = _square_crop(height, width)
     K = np.array(K, dtype=np.float64, copy=True)
-    K[..., :2, :2] *= s
-    K[..., 0, 2] = (K[..., 0, 2] - left + 0.5) * s - 0.5
-    K[..., 1, 2] = (K[..., 1, 2] - top + 0.5) * s - 0.5
-    return K
+    K[..., 0, 2] -= left
+    K[..., 1, 2] -= top
+    return scale_intrinsics(K, size / side)
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:
