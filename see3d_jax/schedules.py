@@ -165,6 +165,32 @@ def training_target(
     raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def min_snr_loss_weight(
+    schedule: NoiseSchedule, t: jax.Array, prediction_type: PredictionType, gamma: float
+) -> jax.Array:
+    """Per-sample loss weights [B] of Min-SNR-gamma (Hang et al., ICCV 2023).
+
+    A plain MSE on the model's output weights the x0 error by SNR (epsilon), SNR + 1 (v) or 1
+    (sample); Min-SNR caps that x0-space weight at gamma, so the many easy low-noise steps stop
+    dominating the gradient. The weight relative to the plain loss is min(1, gamma / w_x0).
+    With a zero-terminal-SNR schedule the v form keeps weight 1 at t = T-1 (SNR + 1 >= 1),
+    where the epsilon form of the paper would give 0.
+    """
+    if gamma <= 0:
+        raise ValueError(f"min_snr_loss_weight: gamma must be > 0, got {gamma}")
+    abar = schedule.alphas_cumprod[jnp.asarray(t, jnp.int32)]
+    snr = abar / jnp.maximum(1.0 - abar, 1e-12)
+    if prediction_type == "epsilon":
+        x0_weight = snr
+    elif prediction_type == "v_prediction":
+        x0_weight = snr + 1.0
+    elif prediction_type == "sample":
+        x0_weight = jnp.ones_like(snr)
+    else:
+        raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return jnp.minimum(1.0, gamma / jnp.maximum(x0_weight, 1e-12))
+
+
 def split_prediction(
     schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array, model_output: jax.Array, prediction_type: PredictionType
 ) -> tuple[jax.Array, jax.Array]:

@@ -11,7 +11,7 @@ old state's buffers donated):
 2. per micro-batch, build the visual condition on device (`condition.build_training_batch`:
    shuffled views, S references, random hole masks, t, C_t, V_t), run the UNet on
    ``cat([x_t, V_t, M])`` and regress `schedules.training_target` (v by default) on target
-   views only;
+   views only (optionally Min-SNR-gamma weighted per sample and hole pixels weighted up);
 3. clip the global gradient norm, AdamW with linear warmup and cosine decay, update the EMA.
 
 Runs resume from the latest orbax checkpoint in `WORKDIR/checkpoints` (model, optimizer,
@@ -194,8 +194,18 @@ class Trainer:
                                        batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"))
         out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
         target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
-        per_view = jnp.mean(jnp.square(out - target), axis=(2, 3, 4))
-        loss = jnp.sum(per_view * tb.loss_mask) / jnp.maximum(jnp.sum(tb.loss_mask), 1.0)
+        cfg = self.config
+        squared = jnp.square(out - target)
+        if cfg.hole_loss_weight != 1.0:
+            # mean over pixels weighted towards the holes (the part the condition does not give)
+            pixel_weight = 1.0 + (cfg.hole_loss_weight - 1.0) * (1.0 - tb.mask)
+            per_view = jnp.sum(squared * pixel_weight, axis=(2, 3, 4)) / (jnp.sum(pixel_weight, axis=(2, 3, 4)) * squared.shape[-1])
+        else:
+            per_view = jnp.mean(squared, axis=(2, 3, 4))
+        view_weight = tb.loss_mask
+        if cfg.min_snr_gamma is not None:
+            view_weight = view_weight * schedules.min_snr_loss_weight(self.schedule, tb.t, cfg.unet.prediction_type, cfg.min_snr_gamma)[:, None]
+        loss = jnp.sum(per_view * view_weight) / jnp.maximum(jnp.sum(tb.loss_mask), 1.0)
         return loss, {}
 
     def _train_step(self, state, batch):

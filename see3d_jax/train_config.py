@@ -50,6 +50,8 @@ class TrainConfig:
     adam_b2: float = 0.999
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5 in the paper); None: plain MSE
+    hole_loss_weight: float = 1.0  # weight of hole pixels (mask 0) of target views relative to known ones
     seed: int = 0
     # numerics and layout
     compute_dtype: str = "float32"  # or "bfloat16"; parameters are always float32
@@ -73,6 +75,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum_steps {self.grad_accum_steps}")
         if self.num_views < 2:
             raise ValueError(f"TrainConfig.num_views must be >= 2 (a reference and a target), got {self.num_views}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(f"TrainConfig.min_snr_gamma must be > 0 or None, got {self.min_snr_gamma}")
+        if self.hole_loss_weight < 0:
+            raise ValueError(f"TrainConfig.hole_loss_weight must be >= 0, got {self.hole_loss_weight}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 

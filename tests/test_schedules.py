@@ -91,3 +91,19 @@ def test_prediction_conversions_round_trip(prediction_type):
     np.testing.assert_allclose(eps_t.numpy(), np.asarray(eps_hat), atol=1e-4)
     with pytest.raises(ValueError, match="prediction_type"):
         js.training_target(schedule, x_t, x_t, jnp.asarray(t), "flow")
+
+
+def test_min_snr_weight_caps_the_x0_space_weight_at_gamma():
+    """Min-SNR-gamma: the weight times the loss's own x0-space weight (SNR, SNR + 1, 1) is
+    min(that, gamma); zero terminal SNR keeps the v weight at 1 for t = T-1."""
+    schedule = js.make_noise_schedule(js.ScheduleConfig.see3d())
+    t = jnp.arange(0, 1000, 37).astype(jnp.int32)
+    abar = np.asarray(schedule.alphas_cumprod)[np.asarray(t)].astype(np.float64)
+    snr = abar / np.maximum(1 - abar, 1e-12)
+    for prediction_type, x0_weight in (("epsilon", snr), ("v_prediction", snr + 1), ("sample", np.ones_like(snr))):
+        w = np.asarray(js.min_snr_loss_weight(schedule, t, prediction_type, 5.0))
+        np.testing.assert_allclose(w * x0_weight, np.minimum(x0_weight, 5.0), rtol=1e-4)
+    v = np.asarray(js.min_snr_loss_weight(schedule, jnp.array([0, 999]), "v_prediction", 5.0))
+    assert v[0] < 0.01 and v[1] == 1.0  # t = 0 is nearly noise-free; t = 999 is pure noise
+    with pytest.raises(ValueError, match="gamma"):
+        js.min_snr_loss_weight(schedule, t, "v_prediction", 0.0)
