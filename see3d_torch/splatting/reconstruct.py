@@ -9,11 +9,13 @@
 - loss `(1 - l) L1 + l (1 - SSIM) + w_lpips LPIPS [+ w_depth |D - D_given|]` with l = 0.2
   (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS);
 - adaptive density control with opacity reset (`densification.py`);
-- optional per-camera pose refinement (6D rotation + translation deltas) and per-image
-  exposure compensation (`camera_refinement.py`). Pose refinement first alternates between
-  training a scene with the poses held fixed and registering every pose alone against it
-  (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses and scene
-  jointly during the main training;
+- optional camera pose refinement and per-image exposure compensation (`camera_refinement.py`).
+  With depths, poses are registered by multi-view point-to-plane ICP between the depth maps
+  (`depth_registration.py`) and the scene is trained on them. Without depths (or with
+  `camera_refinement_method="photometric"`), pose refinement alternates between training a scene
+  with the poses held fixed and registering every pose alone against it
+  (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses (6D rotation
+  + translation deltas) and scene jointly during the main training;
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
 Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
@@ -34,6 +36,7 @@ from torch import nn
 from see3d_core.cameras import Camera
 from see3d_torch import metrics
 from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, align_cameras, invert_rigid
+from see3d_torch.splatting.depth_registration import register_depth_maps
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
 from see3d_torch.splatting.rendering import rasterization
@@ -77,6 +80,13 @@ class ReconstructionConfig:
     )
     # camera pose refinement and exposure compensation
     refine_cameras: bool = False
+    # "depth": multi-view point-to-plane ICP between the given depth maps (`depth_registration.py`),
+    # then the scene trained with those poses fixed; "photometric": the alternating rounds below,
+    # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto": "depth"
+    # when depths are given, else "photometric". With exact depths the photometric stages make
+    # the ICP poses worse (RESULTS.md); with rough depths (monocular) they may be needed
+    camera_refinement_method: str = "auto"
+    camera_depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
     # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
     # shrunk by this factor, then every pose registered alone against it (coarse to fine)
     camera_round_downscales: tuple[int, ...] = (2, 2, 2, 1)
@@ -112,6 +122,11 @@ class ReconstructionConfig:
         self.camera_round_downscales = tuple(int(f) for f in self.camera_round_downscales)
         if any(f < 1 for f in self.camera_round_downscales):
             raise ValueError(f"camera_round_downscales must be integers >= 1, got {self.camera_round_downscales}")
+        if self.camera_refinement_method not in ("auto", "depth", "photometric", "depth+photometric"):
+            raise ValueError("camera_refinement_method must be 'auto', 'depth', 'photometric' or 'depth+photometric', "
+                             f"got {self.camera_refinement_method!r}")
+        if self.camera_depth_registration_iters < 1:
+            raise ValueError(f"camera_depth_registration_iters must be >= 1, got {self.camera_depth_registration_iters}")
         if self.camera_round_init_views < 1 or self.camera_round_steps < 1 or self.camera_registration_iters < 1:
             raise ValueError("camera_round_init_views, camera_round_steps and camera_registration_iters must be >= 1")
         self.eval_views = tuple(int(i) for i in self.eval_views)
@@ -310,7 +325,18 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
         raise ValueError("no training views left after holding out eval_views")
     if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
         metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
-    if config.refine_cameras and config.camera_round_downscales:
+    camera_method = config.camera_refinement_method if config.refine_cameras else None
+    if camera_method == "auto":
+        camera_method = "depth" if depths is not None else "photometric"
+    if camera_method in ("depth", "depth+photometric"):
+        if depths is None:
+            raise ValueError(f"camera_refinement_method={camera_method!r} needs depths")
+        registered = register_depth_maps([cameras[i] for i in train_views], [depths[i] for i in train_views],
+                                         iterations=config.camera_depth_registration_iters, seed=config.seed)
+        for view, cam in zip(train_views, registered):
+            cameras[view] = cam
+    photometric_poses = camera_method in ("photometric", "depth+photometric")
+    if photometric_poses and config.camera_round_downscales:
         registered = _alternate_scene_and_poses(
             images_t[train_views], [cameras[i] for i in train_views],
             [depths[i] for i in train_views] if depths is not None else None, config,
@@ -325,7 +351,7 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
             raise ValueError("init='depth' needs depths")
         if config.init_views is not None:
             init_views = list(config.init_views)
-        elif config.refine_cameras:  # each view's own points would pin its pose: init from a few
+        elif photometric_poses:  # each view's own points would pin its pose: init from a few
             init_views = [train_views[i] for i in _evenly_spaced(len(train_views), config.camera_round_init_views)]
         else:
             init_views = train_views
@@ -355,7 +381,7 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
     train_index = torch.tensor(train_views, device=device)
     camera_refinement = exposure = camera_optimizer = None
     extra_optimizers = []
-    if config.refine_cameras:
+    if photometric_poses:
         camera_refinement = CameraRefinement(len(train_views)).to(device)
         camera_optimizer = torch.optim.Adam([
             {"params": list(camera_refinement.rotation_deltas), "lr": config.camera_rotation_lr},

@@ -1,0 +1,156 @@
+"""Camera poses refined from the given depth maps alone: multi-view point-to-plane ICP.
+
+Every view's depth map is a point cloud in its own camera frame. With correct poses the clouds
+of overlapping views lie on the same surfaces, so each pose can be solved from geometry rather
+than from a photometric loss. Photometric registration against a trained scene leaves a smooth
+pan error along an orbit (rotation about the vertical traded against translation along the
+tangent: both move the image alike); 3D-3D residuals between views far apart on the orbit see
+that trade directly.
+
+`register_depth_maps(cameras, depths)` runs Gauss-Newton on all poses together: every view's
+sampled points are projected into every other view (projective data association), matched to
+that view's unprojected pixel and its normal, and the point-to-plane distances (divided by the
+depth, i.e. roughly angular, with a Huber weight) are minimised over left-multiplied world-frame
+pose updates. The gauge (one rigid motion of all cameras) is fixed by moving the result back
+onto the given cameras (`align_cameras`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from see3d_core.cameras import Camera, axis_angle_to_rotation, pixel_grid
+from see3d_torch.splatting.camera_refinement import align_cameras
+
+
+def _camera_frame_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Z-depth [H, W] -> points [H, W, 3] in the camera frame."""
+    uv = pixel_grid(depth.shape[1], depth.shape[0])
+    x = (uv[..., 0] - K[0, 2]) / K[0, 0]
+    y = (uv[..., 1] - K[1, 2]) / K[1, 1]
+    return np.stack([x * depth, y * depth, depth], axis=-1)
+
+
+def _normals(points: np.ndarray, valid: np.ndarray, max_relative_jump: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normals [H, W, 3] (towards the camera) from central differences of a point map, and where
+    they are defined: the four neighbours valid and no depth jump (an occlusion edge) among them."""
+    z = points[..., 2]
+    ok = np.zeros_like(valid)
+    ok[1:-1, 1:-1] = valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1] & valid[:-2, 1:-1]
+    for neighbour in (z[1:-1, 2:], z[1:-1, :-2], z[2:, 1:-1], z[:-2, 1:-1]):
+        inner = ok[1:-1, 1:-1]
+        inner &= np.abs(neighbour - z[1:-1, 1:-1]) < max_relative_jump * z[1:-1, 1:-1]
+    dx = np.zeros_like(points)
+    dy = np.zeros_like(points)
+    dx[:, 1:-1] = points[:, 2:] - points[:, :-2]
+    dy[1:-1] = points[2:] - points[:-2]
+    n = np.cross(dy, dx)
+    length = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = n / np.maximum(length, 1e-12)
+    n = np.where((np.sum(n * points, axis=-1) > 0)[..., None], -n, n)  # face the camera
+    return n, ok & (length[..., 0] > 0)
+
+
+def register_depth_maps(
+    cameras: Sequence[Camera],
+    depths: Sequence[np.ndarray],
+    iterations: int = 20,
+    points_per_view: int = 3_000,
+    max_depth_ratio: float = 4.0,
+    max_relative_distance: float = 0.05,
+    huber: float = 0.005,
+    seed: int = 0,
+) -> list[Camera]:
+    """Poses of `cameras` refined so that their `depths` (z-depth maps of the cameras' size)
+    agree, returned aligned onto the given cameras (same mean rotation and mean centre).
+
+    Pixels deeper than `max_depth_ratio` times their view's median depth (sky) are left out;
+    a match whose distance exceeds `max_relative_distance` of its depth is rejected (occlusion,
+    wrong surface); residuals are point-to-plane distances over depth with a Huber weight."""
+    cameras = list(cameras)
+    if len(cameras) < 2 or len(depths) != len(cameras):
+        raise ValueError(f"register_depth_maps needs >= 2 cameras and one depth map each, got {len(cameras)} and {len(depths)}")
+    rng = np.random.default_rng(seed)
+    maps, normal_maps, valid_maps, samples = [], [], [], []
+    for i, (cam, depth) in enumerate(zip(cameras, depths)):
+        depth = np.asarray(depth, dtype=np.float64)
+        if depth.shape != (cam.height, cam.width):
+            raise ValueError(f"depths[{i}] has shape {depth.shape}, expected ({cam.height}, {cam.width}) like its camera")
+        valid = np.isfinite(depth) & (depth > 0)
+        if valid.any():
+            valid &= depth < max_depth_ratio * np.median(depth[valid])
+        points = _camera_frame_points(np.where(valid, depth, 1.0), cam.K)
+        normals, normal_ok = _normals(points, valid, max_relative_distance)
+        candidates = np.flatnonzero(normal_ok)
+        chosen = rng.permutation(candidates)[:points_per_view]
+        maps.append(points)
+        normal_maps.append(normals)
+        valid_maps.append(normal_ok)
+        samples.append((points.reshape(-1, 3)[chosen], normals.reshape(-1, 3)[chosen]))
+
+    num = len(cameras)
+    R = np.stack([c.c2w[:3, :3] for c in cameras]).astype(np.float64)
+    t = np.stack([c.c2w[:3, 3] for c in cameras]).astype(np.float64)
+    for _ in range(iterations):
+        H = np.zeros((6 * num, 6 * num))
+        g = np.zeros(6 * num)
+        for i in range(num):
+            p_cam, n_cam = samples[i]
+            x = p_cam @ R[i].T + t[i]
+            n_src = n_cam @ R[i].T
+            for j in range(num):
+                if j == i:
+                    continue
+                cam = cameras[j]
+                y = (x - t[j]) @ R[j]
+                z = y[:, 2]
+                front = z > 1e-6
+                u = np.full(len(z), -1)
+                v = np.full(len(z), -1)
+                u[front] = np.rint(cam.K[0, 0] * y[front, 0] / z[front] + cam.K[0, 2]).astype(int)
+                v[front] = np.rint(cam.K[1, 1] * y[front, 1] / z[front] + cam.K[1, 2]).astype(int)
+                inside = front & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+                keep = np.flatnonzero(inside)
+                keep = keep[valid_maps[j][v[keep], u[keep]]]
+                if len(keep) < 10:
+                    continue
+                q = maps[j][v[keep], u[keep]]
+                m = normal_maps[j][v[keep], u[keep]]
+                close = np.linalg.norm(y[keep] - q, axis=1) < max_relative_distance * q[:, 2]
+                n_world = m @ R[j].T
+                agree = np.sum(n_world * n_src[keep], axis=1) > 0.8
+                sel = close & agree
+                if sel.sum() < 10:
+                    continue
+                keep, q, n_world = keep[sel], q[sel], n_world[sel]
+                xi = x[keep]
+                xj = q @ R[j].T + t[j]
+                scale = 1.0 / q[:, 2]
+                r = np.sum(n_world * (xi - xj), axis=1) * scale
+                weight = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+                J_i = np.concatenate([np.cross(xi, n_world), n_world], axis=1) * scale[:, None]
+                J_j = np.concatenate([np.cross(n_world, xi - xj) - np.cross(xj, n_world), -n_world], axis=1) * scale[:, None]
+                wJ_i, wJ_j = J_i * weight[:, None], J_j * weight[:, None]
+                si, sj = slice(6 * i, 6 * i + 6), slice(6 * j, 6 * j + 6)
+                H[si, si] += wJ_i.T @ J_i
+                H[sj, sj] += wJ_j.T @ J_j
+                H[si, sj] += wJ_i.T @ J_j
+                H[sj, si] += wJ_j.T @ J_i
+                g[si] += wJ_i.T @ r
+                g[sj] += wJ_j.T @ r
+        damping = 1e-6 * np.trace(H) / len(H) + 1e-12
+        delta = -np.linalg.solve(H + damping * np.eye(len(H)), g)
+        for k in range(num):
+            omega, translation = delta[6 * k : 6 * k + 3], delta[6 * k + 3 : 6 * k + 6]
+            angle = np.linalg.norm(omega)
+            dR = axis_angle_to_rotation(omega, angle) if angle > 0 else np.eye(3)
+            R[k] = dR @ R[k]
+            t[k] = dR @ t[k] + translation
+    refined = []
+    for cam, Rk, tk in zip(cameras, R, t):
+        c2w = np.eye(4)
+        c2w[:3, :3], c2w[:3, 3] = Rk, tk
+        refined.append(Camera(cam.K, c2w, cam.width, cam.height))
+    return align_cameras(refined, cameras)
