@@ -136,7 +136,8 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
     out = tmp_path / "out"
     code = reconstruct_main([str(views), "--cameras", str(tmp_path / "cameras.json"), "--out", str(out), "--depths",
                              str(tmp_path / "depths"), "--steps", "20", "--lpips-weight", "0", "--holdout-every", "3",
-                             "--video-frames", "6", "--init-points", "2000", "--eval-every", "10", "--threads", "1"])
+                             "--video-frames", "6", "--init-points", "2000", "--eval-every", "10", "--threads", "1",
+                             "--refine-cameras", "--camera-method", "depth"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "held-out: psnr" in printed
@@ -145,7 +146,10 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
     assert len(list((out / "renders").glob("*.png"))) == 6 and len(list((out / "depth").glob("*.npy"))) == 6
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["eval_views"] == [2, 5] and summary["evaluations"][-1]["psnr"] > 15
-    assert len(trajectories.load_json(out / "cameras.json")) == 6
+    # exact cameras stay put under the depth registration (the training views; 2 and 5 are held out)
+    refined = trajectories.load_json(out / "cameras.json")
+    assert len(refined) == 6 and rotation_errors_deg(refined, cameras[:6]).max() < 0.05
+    assert not np.allclose(refined[0].c2w, cameras[0].c2w, atol=1e-12)  # but they went through it
     assert b"element face" in (out / "mesh.ply").read_bytes()[:400]  # the fused mesh from the rendered depths
     from see3d_core.videos import read_video
 

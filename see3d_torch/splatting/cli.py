@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-points", type=int, default=30_000)
     p.add_argument("--lpips-weight", type=float, default=0.1, help="0 disables the LPIPS loss")
     p.add_argument("--depth-weight", type=float, default=0.0)
-    p.add_argument("--refine-cameras", action="store_true", help="learn per-camera pose corrections")
+    p.add_argument("--refine-cameras", action="store_true", help="refine the camera poses")
+    p.add_argument("--camera-method", default="auto", choices=["auto", "depth", "photometric", "depth+photometric"],
+                   help="with --refine-cameras: 'depth' registers the poses by ICP between the depth maps, "
+                        "'photometric' learns pose corrections against the scene; 'auto': depth when --depths is given")
     p.add_argument("--exposure", action="store_true", help="learn per-image exposure compensation")
     p.add_argument("--holdout-every", type=int, default=0, help="hold out every N-th view for evaluation (0: none)")
     p.add_argument("--eval-every", type=int, default=250)
@@ -96,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             images, cameras, depths,
             steps=args.steps, time_limit_s=args.time_limit, sh_degree=args.sh_degree, init_points=args.init_points,
             lpips_weight=args.lpips_weight, depth_weight=args.depth_weight, refine_cameras=args.refine_cameras,
+            camera_refinement_method=args.camera_method,
             exposure_compensation=args.exposure, eval_views=eval_views, eval_every=args.eval_every,
             device=args.device, backend=args.backend, seed=args.seed,
         )
