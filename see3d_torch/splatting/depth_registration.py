@@ -53,6 +53,58 @@ def _normals(points: np.ndarray, valid: np.ndarray, max_relative_jump: float) ->
     return n, ok & (length[..., 0] > 0)
 
 
+class _DepthClouds:
+    """Every view's depth map as a camera-frame point map with normals, and a random sample of
+    its points, for matching views against each other."""
+
+    def __init__(self, cameras: Sequence[Camera], depths: Sequence[np.ndarray], points_per_view: int,
+                 max_depth_ratio: float, max_relative_distance: float, seed: int):
+        self.cameras = list(cameras)
+        if len(self.cameras) < 2 or len(depths) != len(self.cameras):
+            raise ValueError(f"depth registration needs >= 2 cameras and one depth map each, got {len(self.cameras)} and {len(depths)}")
+        self.max_relative_distance = max_relative_distance
+        rng = np.random.default_rng(seed)
+        self.maps, self.normals, self.valid, self.samples = [], [], [], []
+        for i, (cam, depth) in enumerate(zip(self.cameras, depths)):
+            depth = np.asarray(depth, dtype=np.float64)
+            if depth.shape != (cam.height, cam.width):
+                raise ValueError(f"depths[{i}] has shape {depth.shape}, expected ({cam.height}, {cam.width}) like its camera")
+            valid = np.isfinite(depth) & (depth > 0)
+            if valid.any():
+                valid &= depth < max_depth_ratio * np.median(depth[valid])
+            points = _camera_frame_points(np.where(valid, depth, 1.0), cam.K)
+            normals, normal_ok = _normals(points, valid, max_relative_distance)
+            chosen = rng.permutation(np.flatnonzero(normal_ok))[:points_per_view]
+            self.maps.append(points)
+            self.normals.append(normals)
+            self.valid.append(normal_ok)
+            self.samples.append((points.reshape(-1, 3)[chosen], normals.reshape(-1, 3)[chosen]))
+
+    def matches(self, i: int, j: int, R: np.ndarray, t: np.ndarray):
+        """View i's sampled points in the world (poses R, t: [V, 3, 3], [V, 3]) matched to view j's
+        pixels they project to: (x_i, x_j, normal of j, depth in j) in world coordinates, or None."""
+        p_cam, n_cam = self.samples[i]
+        x = p_cam @ R[i].T + t[i]
+        cam = self.cameras[j]
+        y = (x - t[j]) @ R[j]
+        z = y[:, 2]
+        front = np.flatnonzero(z > 1e-6)
+        u = np.rint(cam.K[0, 0] * y[front, 0] / z[front] + cam.K[0, 2]).astype(int)
+        v = np.rint(cam.K[1, 1] * y[front, 1] / z[front] + cam.K[1, 2]).astype(int)
+        inside = (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        keep, u, v = front[inside], u[inside], v[inside]
+        valid = self.valid[j][v, u]
+        keep, u, v = keep[valid], u[valid], v[valid]
+        q = self.maps[j][v, u]
+        n_world = self.normals[j][v, u] @ R[j].T
+        close = np.linalg.norm(y[keep] - q, axis=1) < self.max_relative_distance * q[:, 2]
+        agree = np.sum(n_world * (n_cam[keep] @ R[i].T), axis=1) > 0.8
+        sel = close & agree
+        if sel.sum() < 10:
+            return None
+        return x[keep[sel]], q[sel] @ R[j].T + t[j], n_world[sel], q[sel, 2]
+
+
 def register_depth_maps(
     cameras: Sequence[Camera],
     depths: Sequence[np.ndarray],
@@ -69,27 +121,8 @@ def register_depth_maps(
     Pixels deeper than `max_depth_ratio` times their view's median depth (sky) are left out;
     a match whose distance exceeds `max_relative_distance` of its depth is rejected (occlusion,
     wrong surface); residuals are point-to-plane distances over depth with a Huber weight."""
-    cameras = list(cameras)
-    if len(cameras) < 2 or len(depths) != len(cameras):
-        raise ValueError(f"register_depth_maps needs >= 2 cameras and one depth map each, got {len(cameras)} and {len(depths)}")
-    rng = np.random.default_rng(seed)
-    maps, normal_maps, valid_maps, samples = [], [], [], []
-    for i, (cam, depth) in enumerate(zip(cameras, depths)):
-        depth = np.asarray(depth, dtype=np.float64)
-        if depth.shape != (cam.height, cam.width):
-            raise ValueError(f"depths[{i}] has shape {depth.shape}, expected ({cam.height}, {cam.width}) like its camera")
-        valid = np.isfinite(depth) & (depth > 0)
-        if valid.any():
-            valid &= depth < max_depth_ratio * np.median(depth[valid])
-        points = _camera_frame_points(np.where(valid, depth, 1.0), cam.K)
-        normals, normal_ok = _normals(points, valid, max_relative_distance)
-        candidates = np.flatnonzero(normal_ok)
-        chosen = rng.permutation(candidates)[:points_per_view]
-        maps.append(points)
-        normal_maps.append(normals)
-        valid_maps.append(normal_ok)
-        samples.append((points.reshape(-1, 3)[chosen], normals.reshape(-1, 3)[chosen]))
-
+    clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
+    cameras = clouds.cameras
     num = len(cameras)
     R = np.stack([c.c2w[:3, :3] for c in cameras]).astype(np.float64)
     t = np.stack([c.c2w[:3, 3] for c in cameras]).astype(np.float64)
@@ -97,39 +130,16 @@ def register_depth_maps(
         H = np.zeros((6 * num, 6 * num))
         g = np.zeros(6 * num)
         for i in range(num):
-            p_cam, n_cam = samples[i]
-            x = p_cam @ R[i].T + t[i]
-            n_src = n_cam @ R[i].T
             for j in range(num):
-                if j == i:
+                match = clouds.matches(i, j, R, t) if i != j else None
+                if match is None:
                     continue
-                cam = cameras[j]
-                y = (x - t[j]) @ R[j]
-                z = y[:, 2]
-                front = z > 1e-6
-                u = np.full(len(z), -1)
-                v = np.full(len(z), -1)
-                u[front] = np.rint(cam.K[0, 0] * y[front, 0] / z[front] + cam.K[0, 2]).astype(int)
-                v[front] = np.rint(cam.K[1, 1] * y[front, 1] / z[front] + cam.K[1, 2]).astype(int)
-                inside = front & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-                keep = np.flatnonzero(inside)
-                keep = keep[valid_maps[j][v[keep], u[keep]]]
-                if len(keep) < 10:
-                    continue
-                q = maps[j][v[keep], u[keep]]
-                m = normal_maps[j][v[keep], u[keep]]
-                close = np.linalg.norm(y[keep] - q, axis=1) < max_relative_distance * q[:, 2]
-                n_world = m @ R[j].T
-                agree = np.sum(n_world * n_src[keep], axis=1) > 0.8
-                sel = close & agree
-                if sel.sum() < 10:
-                    continue
-                keep, q, n_world = keep[sel], q[sel], n_world[sel]
-                xi = x[keep]
-                xj = q @ R[j].T + t[j]
-                scale = 1.0 / q[:, 2]
+                xi, xj, n_world, depth = match
+                scale = 1.0 / depth
                 r = np.sum(n_world * (xi - xj), axis=1) * scale
                 weight = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+                # left-multiplied world-frame updates (rotation w, translation v) of poses i and j;
+                # j's normal turns with its pose
                 J_i = np.concatenate([np.cross(xi, n_world), n_world], axis=1) * scale[:, None]
                 J_j = np.concatenate([np.cross(n_world, xi - xj) - np.cross(xj, n_world), -n_world], axis=1) * scale[:, None]
                 wJ_i, wJ_j = J_i * weight[:, None], J_j * weight[:, None]
