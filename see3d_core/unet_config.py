@@ -158,11 +158,15 @@ def tiny() -> UNetConfig:
 
 
 def small() -> UNetConfig:
-    """For CPU experiments (the demo checkpoint): pixel space, 32x32 views, 1.7M parameters
-    (~10.5 GFLOP per training sample of 4 views: trainable in minutes on a laptop CPU)."""
+    """For CPU experiments (the demo checkpoint): pixel space, 32x32 views, 1.4M parameters
+    (~6.6 GFLOP per training sample of 4 views: trainable in minutes on a laptop CPU).
+
+    Attention (3D across views) only at the 8x8 level: the 16x16 level's 1024-token attention
+    doubled the CPU step time, and at equal training time the model without it is better
+    (benchmarks/RESULTS.md, issue 5)."""
     return UNetConfig(
         in_channels=7, out_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-        attention_resolutions=(2, 4), num_head_channels=32, context_dim=64, norm_num_groups=32,
+        attention_resolutions=(4,), num_head_channels=32, context_dim=64, norm_num_groups=32,
         pixel_space=True, sample_size=32, context_tokens=4,
     )
 
