@@ -8,8 +8,9 @@
   at a 5-minute time limit; held-out PSNR/SSIM/LPIPS;
 - cameras: the same views with cameras perturbed by 2 degrees and 2% of the scene scale (one
   run per perturbation seed), refined by `reconstruct(..., refine_cameras=True)` with the exact
-  depths (`--camera-method`: by default the depth registration, then `--camera-steps` of scene
-  training; `photometric`: alternating rounds, then a joint phase of `--camera-steps`); mean
+  depths (`--camera-method`: `depth`: the depth registration, then `--camera-steps` of scene
+  training; `photometric`: alternating rounds, then a joint phase of `--camera-steps`; `auto`
+  (reconstruct's default, both in turn when depths are given)); mean
   rotation error (after removing one global rotation) before and after.
 """
 

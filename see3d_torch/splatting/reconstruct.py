@@ -10,12 +10,13 @@
   (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS);
 - adaptive density control with opacity reset (`densification.py`);
 - optional camera pose refinement and per-image exposure compensation (`camera_refinement.py`).
-  With depths, poses are registered by multi-view point-to-plane ICP between the depth maps
-  (`depth_registration.py`) and the scene is trained on them. Without depths (or with
-  `camera_refinement_method="photometric"`), pose refinement alternates between training a scene
+  `camera_refinement_method="depth"` registers the poses by multi-view point-to-plane ICP
+  between the depth maps (`depth_registration.py`) and trains the scene on them (for exact
+  depths). "photometric" (the default without depths) alternates between training a scene
   with the poses held fixed and registering every pose alone against it
   (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses (6D rotation
-  + translation deltas) and scene jointly during the main training;
+  + translation deltas) and scene jointly during the main training. With depths the default
+  runs both in turn (depths from monocular estimation are smoothly wrong, which biases the ICP);
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
 Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
@@ -82,9 +83,11 @@ class ReconstructionConfig:
     refine_cameras: bool = False
     # "depth": multi-view point-to-plane ICP between the given depth maps (`depth_registration.py`),
     # then the scene trained with those poses fixed; "photometric": the alternating rounds below,
-    # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto": "depth"
-    # when depths are given, else "photometric". With exact depths the photometric stages make
-    # the ICP poses worse (RESULTS.md); with rough depths (monocular) they may be needed
+    # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto":
+    # "depth+photometric" when depths are given, else "photometric". Exact depths (synthetic,
+    # RGB-D): choose "depth", the photometric stages make its poses worse; monocular-style depths
+    # (smoothly warped, as the generation loop makes) bias the ICP, and both in turn did best
+    # there (RESULTS.md, issue 8)
     camera_refinement_method: str = "auto"
     camera_depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
     # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
@@ -327,7 +330,7 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
         metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
     camera_method = config.camera_refinement_method if config.refine_cameras else None
     if camera_method == "auto":
-        camera_method = "depth" if depths is not None else "photometric"
+        camera_method = "depth+photometric" if depths is not None else "photometric"
     if camera_method in ("depth", "depth+photometric"):
         if depths is None:
             raise ValueError(f"camera_refinement_method={camera_method!r} needs depths")
