@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--cameras", default=None, help="cameras of a plain image folder (trajectory JSON / RealEstate10K .txt)")
     rec.add_argument("--steps", type=int, default=1000, help="optimisation steps")
     rec.add_argument("--lpips-weight", type=float, default=0.1, help="LPIPS term of the loss (0: off)")
-    rec.add_argument("--refine-cameras", action="store_true", help="learn per-camera pose corrections (estimated cameras)")
+    rec.add_argument("--refine-cameras", action="store_true", help="refine the (estimated) camera poses: with the run's depths, ICP between the "
+                     "depth maps then per-camera pose corrections learned with the scene; without, the corrections alone")
     rec.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
     rec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     rec.set_defaults(func=_cmd_reconstruct)
