@@ -21,16 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from see3d_core.cameras import Camera, axis_angle_to_rotation, pixel_grid
+from see3d_core.cameras import Camera, axis_angle_to_rotation, depth_to_points
 from see3d_torch.splatting.camera_refinement import align_cameras
-
-
-def _camera_frame_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Z-depth [H, W] -> points [H, W, 3] in the camera frame."""
-    uv = pixel_grid(depth.shape[1], depth.shape[0])
-    x = (uv[..., 0] - K[0, 2]) / K[0, 0]
-    y = (uv[..., 1] - K[1, 2]) / K[1, 1]
-    return np.stack([x * depth, y * depth, depth], axis=-1)
 
 
 def _normals(points: np.ndarray, valid: np.ndarray, max_relative_jump: float) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +64,7 @@ class _DepthClouds:
             valid = np.isfinite(depth) & (depth > 0)
             if valid.any():
                 valid &= depth < max_depth_ratio * np.median(depth[valid])
-            points = _camera_frame_points(np.where(valid, depth, 1.0), cam.K)
+            points = depth_to_points(np.where(valid, depth, 1.0), cam.K, np.eye(4))  # camera frame
             normals, normal_ok = _normals(points, valid, max_relative_distance)
             chosen = rng.permutation(np.flatnonzero(normal_ok))[:points_per_view]
             self.maps.append(points)
