@@ -196,12 +196,9 @@ class Trainer:
         target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
         cfg = self.config
         squared = jnp.square(out - target)
-        if cfg.hole_loss_weight != 1.0:
-            # mean over pixels weighted towards the holes (the part the condition does not give)
-            pixel_weight = 1.0 + (cfg.hole_loss_weight - 1.0) * (1.0 - tb.mask)
-            per_view = jnp.sum(squared * pixel_weight, axis=(2, 3, 4)) / (jnp.sum(pixel_weight, axis=(2, 3, 4)) * squared.shape[-1])
-        else:
-            per_view = jnp.mean(squared, axis=(2, 3, 4))
+        # per-view mean over pixels, weighted towards the holes (the part the condition does not give)
+        pixel_weight = 1.0 + (cfg.hole_loss_weight - 1.0) * (1.0 - tb.mask)
+        per_view = jnp.sum(squared * pixel_weight, axis=(2, 3, 4)) / (jnp.sum(pixel_weight, axis=(2, 3, 4)) * squared.shape[-1])
         view_weight = tb.loss_mask
         if cfg.min_snr_gamma is not None:
             view_weight = view_weight * schedules.min_snr_loss_weight(self.schedule, tb.t, cfg.unet.prediction_type, cfg.min_snr_gamma)[:, None]
