@@ -387,6 +387,7 @@ def build_training_batch(
     depths: jax.Array | None = None,
     intrinsics: jax.Array | None = None,
     c2w: jax.Array | None = None,
+    latents: jax.Array | None = None,
 ) -> TrainingBatch:
     """Build (x_t, V_t, M) and the loss mask from N views per clip.
 
@@ -398,6 +399,8 @@ def build_training_batch(
         images at inference, so the model sees the same kind of condition in both.
     depths [B, N, H, W], intrinsics [B, N, 3, 3], c2w [B, N, 4, 4]: required by the
         "posed_warp" variant only (true geometry of posed data).
+    latents: latent models with cached latents: `encode_fn(views)` computed beforehand
+        [B, N, h, w, C]; used as x0, so only the condition images are encoded here.
 
     Steps: shuffle the views (no temporal order), the first S of the shuffled views are the
     references (S uniform in [min_references, min(max_references, N - 1)] per sample), the
@@ -424,6 +427,7 @@ def build_training_batch(
     def shuffle(a):
         return None if a is None else jnp.take_along_axis(a, order.reshape((B, N) + (1,) * (a.ndim - 2)), axis=1)
     views, depths, intrinsics, c2w = shuffle(views), shuffle(depths), shuffle(intrinsics), shuffle(c2w)
+    latents = shuffle(latents)
     is_reference = jnp.arange(N)[None, :] < num_refs[:, None]
 
     if config.variant == "posed_warp":
@@ -434,7 +438,11 @@ def build_training_batch(
     pixel_masks = jnp.where(is_reference[:, :, None, None, None], 1.0, pixel_masks)
     filled = fill_holes(warped, pixel_masks)
 
-    if encode_fn is None:
+    if latents is not None:
+        if encode_fn is None:
+            raise ValueError("build_training_batch: cached latents need encode_fn for the condition images")
+        x0, clean_condition = latents, encode_fn(filled)
+    elif encode_fn is None:
         x0, clean_condition = views, filled
     else:
         both = encode_fn(jnp.concatenate([views, filled], axis=1))

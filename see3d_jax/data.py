@@ -8,6 +8,12 @@ crop and size: ``depths [num_views, S, S]`` (area-resized z-depth), ``intrinsics
 [num_views, 3, 3]`` and ``c2w [num_views, 4, 4]``. Which views are references and which are
 targets is decided later, on device, by `see3d_jax.condition.build_training_batch`.
 
+Latent models can encode every frame once before training (`cache_latents`, the trainer's
+`cache_latents=true`): each clip's frames at `image_size` go through the VAE encoder and are
+stored as ``LATENT_DIR/<clip>.npy [num_frames, h, w, C]``; the elements then also carry
+``latents [num_views, h, w, C]`` of the drawn frames, and the trainer uses them as x0 instead
+of encoding the views every step.
+
 Clips are shuffled with a new order every epoch; the iterator's position is a small JSON
 state, saved with every checkpoint so a resumed run continues with the very next batch.
 Several processes (multi-host) each read their own shard of the clips (`process_index`-th of
@@ -17,8 +23,10 @@ every `process_count`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
+from typing import Callable, Sequence
 
 import cv2
 import grain
@@ -66,6 +74,7 @@ class ClipViews:
     image_size: int
     cache: bool = False
     posed: bool = False
+    latent_dir: str | None = None  # `cache_latents` output: the element also carries "latents"
 
     def __post_init__(self):
         self._cache: dict[str, dict[str, np.ndarray]] = {}
@@ -73,6 +82,12 @@ class ClipViews:
     def _read(self, clip_dir: str, positions: list[int] | None) -> dict[str, np.ndarray]:
         clip = read_clip(clip_dir, positions, load_depth=self.posed)
         out = {"views": to_model_range(square_resize(clip.frames, self.image_size))}
+        if self.latent_dir is not None:
+            path = Path(self.latent_dir) / f"{Path(clip_dir).name}.npy"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no cached latents for clip {clip_dir} (run see3d_jax.data.cache_latents)")
+            latents = np.load(path, mmap_mode="r")
+            out["latents"] = np.asarray(latents if positions is None else latents[positions], np.float32)
         if self.posed:
             info = clip.info
             if not info.posed or clip.depths is None:
@@ -92,6 +107,56 @@ class ClipViews:
         if clip_dir not in self._cache:
             self._cache[clip_dir] = self._read(clip_dir, None)
         return {k: v[positions] for k, v in self._cache[clip_dir].items()}
+
+
+def cache_latents(
+    clips: Sequence[tuple[str, int]],
+    latent_dir: str | os.PathLike,
+    encode_fn: Callable,
+    image_size: int,
+    vae: str,
+    chunk: int = 16,
+) -> int:
+    """Encode every frame of `clips` (as `list_clips` returns them) at `image_size` with
+    `encode_fn` (pixels [1, K, S, S, 3] in [-1, 1] -> scaled latents [1, K, h, w, C], e.g.
+    `see3d_jax.train.load_encoder`) into ``latent_dir/<clip>.npy``, `chunk` frames per call.
+
+    Resumable: clips whose file exists with the right frame count are skipped, and each file is
+    written whole (temp file + rename). `latent_dir/cache.json` records `image_size` and `vae`;
+    a directory made with other values is an error rather than silently reused. Returns the
+    number of clips encoded now."""
+    import jax
+
+    root = Path(latent_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"image_size": int(image_size), "vae": str(vae)}
+    meta_path = root / "cache.json"
+    if meta_path.is_file():
+        found = json.loads(meta_path.read_text())
+        if found != meta:
+            raise ValueError(f"{meta_path}: latents cached for {found}, but this run needs {meta}; "
+                             "delete the directory or point the cache elsewhere")
+    else:  # whole or absent, also for processes sharing the directory
+        tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+    encode = jax.jit(encode_fn)
+    encoded = 0
+    for clip_dir, num_frames in clips:
+        path = root / f"{Path(clip_dir).name}.npy"
+        if path.is_file() and np.load(path, mmap_mode="r").shape[0] == num_frames:
+            continue
+        frames = to_model_range(square_resize(read_clip(clip_dir).frames, image_size))
+        parts = []
+        for start in range(0, len(frames), chunk):
+            part = frames[start:start + chunk]
+            padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)]) if len(part) < chunk else part
+            parts.append(np.asarray(encode(padded[None]))[0, :len(part)])  # one shape: one compilation
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(parts).astype(np.float32))
+        os.replace(tmp, path)
+        encoded += 1
+    return encoded
 
 
 def list_clips(data_dir: str | os.PathLike, num_views: int, posed: bool = False) -> list[tuple[str, int]]:
@@ -129,9 +194,11 @@ def training_batches(
     process_index: int = 0,
     process_count: int = 1,
     posed: bool = False,
+    latent_dir: str | os.PathLike | None = None,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of `{"views": [batch_size, num_views, S, S, 3]}`
-    (plus "depths", "intrinsics" and "c2w" when `posed`).
+    (plus "depths", "intrinsics" and "c2w" when `posed`, and "latents" [batch_size, num_views,
+    h, w, C] with a `latent_dir` filled by `cache_latents`).
 
     `batch_size` is this process's share of the global batch. `get_state()` / `set_state()`
     save and restore the position."""
@@ -139,7 +206,7 @@ def training_batches(
     if len(clips) < process_count:
         raise ClipFormatError(f"clip dataset {data_dir}: {len(clips)} clips cannot be split over {process_count} processes")
     ds = grain.MapDataset.source(clips)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat().random_map(ClipViews(num_views, image_size, cache, posed), seed=seed + 1)
+    ds = ds.shuffle(seed=seed).repeat().random_map(ClipViews(num_views, image_size, cache, posed, None if latent_dir is None else str(latent_dir)), seed=seed + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:

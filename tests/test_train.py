@@ -1,6 +1,7 @@
 """Training in one process: the data pipeline, configs, and the tiny model learning."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,49 @@ def test_loss_weighting_options_match_a_direct_computation(posed_scene):
     assert not np.isclose(got, expected(1.0, ones), rtol=1e-3)
     with pytest.raises(ValueError, match="min_snr_gamma"):
         preset("tiny", ["min_snr_gamma=0"])
+
+
+def test_cached_latents_give_the_same_loss_as_encoding_every_step(clips, tmp_path):
+    """Latent training with `cache_latents`: the stored latents are the encoder's, the loss on a
+    batch equals the one that encodes the views in the step, and `run` builds the cache itself."""
+    import jax
+    from flax import nnx
+
+    from see3d_jax import convert
+    from see3d_jax.data import cache_latents, list_clips
+    from see3d_jax.train import Trainer, load_encoder, run
+    from see3d_jax.vae import AutoencoderKL, VAEConfig
+
+    vae_dir = tmp_path / "vae"  # four levels: 8x downsampling, as the trainer assumes
+    vae_config = VAEConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8)
+    convert.save_flax_checkpoint(AutoencoderKL(vae_config, rngs=nnx.Rngs(0)), vae_dir)
+    latent = ["unet.pixel_space=false", "unet.in_channels=9", "unet.out_channels=4", "unet.sample_size=4", f"vae={vae_dir}",
+              "steps=2", "log_every=1", "checkpoint_every=2", "tensorboard=false", "batch_size=2"]
+    cfg = preset("tiny", latent + ["cache_latents=true"])
+    encode = load_encoder(str(vae_dir))
+    all_clips = list_clips(clips, cfg.num_views)
+    cache = tmp_path / "cache"
+    assert cache_latents(all_clips, cache, encode, cfg.image_size, vae=str(vae_dir)) == len(all_clips)
+    assert cache_latents(all_clips, cache, encode, cfg.image_size, vae=str(vae_dir)) == 0  # resumable: nothing left
+    with pytest.raises(ValueError, match="cache.json: latents cached for"):
+        cache_latents(all_clips, cache, encode, 64, vae=str(vae_dir))
+
+    batch = next(training_batches(clips, num_views=cfg.num_views, image_size=cfg.image_size, batch_size=2, latent_dir=cache))
+    assert batch["latents"].shape == (2, cfg.num_views, 4, 4, 4)
+    np.testing.assert_allclose(batch["latents"], np.asarray(encode(batch["views"])), atol=1e-5)
+    cached, encoding = Trainer(cfg, encode_fn=encode), Trainer(preset("tiny", latent), encode_fn=encode)
+    params = cached.init_state()["params"]
+    key = jax.random.PRNGKey(3)
+    loss_cached = float(jax.jit(cached.loss)(params, batch, key)[0])
+    loss_encoding = float(jax.jit(encoding.loss)(params, {"views": batch["views"]}, key)[0])
+    assert loss_cached == pytest.approx(loss_encoding, rel=1e-4)
+
+    summary = run(cfg, str(clips), str(tmp_path / "run"), progress=False)
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
+    assert len(list((tmp_path / "run" / "latent_cache").glob("*.npy"))) == len(all_clips)
+    (tmp_path / "run" / "latent_cache" / f"{Path(all_clips[0][0]).name}.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="no cached latents for clip"):
+        next(training_batches(clips, num_views=cfg.num_views, image_size=cfg.image_size, batch_size=len(all_clips),
+                              latent_dir=tmp_path / "run" / "latent_cache"))
+    with pytest.raises(ValueError, match="cache_latents needs a latent model"):
+        preset("tiny", ["cache_latents=true"])
