@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-cameras", action="store_true", help="refine the camera poses")
     p.add_argument("--camera-method", default="auto", choices=["auto", "depth", "photometric", "depth+photometric"],
                    help="with --refine-cameras: 'depth' registers the poses by ICP between the depth maps, "
-                        "'photometric' learns pose corrections against the scene; 'auto': both in turn when --depths "
-                        "is given (exact depths: choose 'depth'), else photometric")
+                        "'photometric' learns pose corrections against the scene; 'auto': with --depths the ICP, then "
+                        "photometric only if the depth maps still disagree (> 0.1%% of depth), else photometric")
     p.add_argument("--exposure", action="store_true", help="learn per-image exposure compensation")
     p.add_argument("--holdout-every", type=int, default=0, help="hold out every N-th view for evaluation (0: none)")
     p.add_argument("--eval-every", type=int, default=250)

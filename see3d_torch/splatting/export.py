@@ -10,7 +10,7 @@ Layout of `out_dir`:
     depth/view_000.npy     the expected depth itself (float32, z-depth)
     flythrough.mp4         renders along a smooth path through the cameras
     mesh.ply               a coloured surface mesh fused from the rendered depths (`mesh.py`)
-    metrics.json           evaluations on held-out views, final loss, counts, timings
+    metrics.json           evaluations on held-out views, final loss, counts, timings, the camera refinement run
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def export_reconstruction(
         "evaluations": reconstruction.evaluations,
         "densification": reconstruction.densification,
         "exposure": reconstruction.exposure,
+        "camera_refinement": reconstruction.camera_refinement,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
     written["metrics"] = str(out / "metrics.json")

@@ -16,7 +16,10 @@
   with the poses held fixed and registering every pose alone against it
   (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses (6D rotation
   + translation deltas) and scene jointly during the main training. With depths the default
-  runs both in turn (depths from monocular estimation are smoothly wrong, which biases the ICP);
+  runs the ICP, and then the photometric stages only if the depth maps still disagree under
+  the registered poses (depths from monocular estimation are smoothly wrong, which biases the
+  ICP; exact ones leave nothing for photometry to fix). `Reconstruction.camera_refinement`
+  says what ran;
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
 Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
@@ -37,7 +40,7 @@ from torch import nn
 from see3d_core.cameras import Camera
 from see3d_torch import metrics
 from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, align_cameras, invert_rigid
-from see3d_torch.splatting.depth_registration import register_depth_maps
+from see3d_torch.splatting.depth_registration import depth_disagreement, register_depth_maps
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
 from see3d_torch.splatting.rendering import rasterization
@@ -84,12 +87,15 @@ class ReconstructionConfig:
     # "depth": multi-view point-to-plane ICP between the given depth maps (`depth_registration.py`),
     # then the scene trained with those poses fixed; "photometric": the alternating rounds below,
     # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto":
-    # "depth+photometric" when depths are given, else "photometric". Exact depths (synthetic,
-    # RGB-D): choose "depth", the photometric stages make its poses worse; monocular-style depths
-    # (smoothly warped, as the generation loop makes) bias the ICP, and both in turn did best
-    # there (RESULTS.md, issue 8)
+    # the ICP first when depths are given, then the photometric stages only if the depth maps
+    # still disagree under the registered poses (median point-to-plane distance above
+    # `camera_depth_agreement` of the depth), else "photometric". Why: with depths that agree
+    # (exact, or off by a per-view scale) the ICP alone is best and the photometric stages only
+    # add ~0.5 deg of wander; monocular-style depths (smoothly warped, as the generation loop
+    # makes) bias the ICP, and both in turn did best there (RESULTS.md, issue 8)
     camera_refinement_method: str = "auto"
     camera_depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
+    camera_depth_agreement: float = 1e-3  # "auto": depth disagreement up to which the ICP poses are kept
     # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
     # shrunk by this factor, then every pose registered alone against it (coarse to fine)
     camera_round_downscales: tuple[int, ...] = (2, 2, 2, 1)
@@ -149,6 +155,9 @@ class Reconstruction:
     evaluations: list[dict]  # per evaluation: step, psnr, ssim, lpips on the held-out views
     densification: list[dict]
     exposure: dict | None = None  # per trained view: gains, biases
+    # refine_cameras: the method run ("auto" resolved) and, after an ICP, the depth maps'
+    # disagreement (median point-to-plane distance / depth) under the given and the registered poses
+    camera_refinement: dict | None = None
 
     def render(self, cameras: Sequence[Camera], **options) -> tuple[np.ndarray, np.ndarray]:
         """RGB [V, H, W, 3] and expected depth [V, H, W] seen from `cameras`."""
@@ -329,15 +338,26 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
     if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
         metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
     camera_method = config.camera_refinement_method if config.refine_cameras else None
-    if camera_method == "auto":
-        camera_method = "depth+photometric" if depths is not None else "photometric"
-    if camera_method in ("depth", "depth+photometric"):
+    camera_report = None
+    if camera_method == "auto" and depths is None:
+        camera_method = "photometric"
+    if camera_method in ("auto", "depth", "depth+photometric"):
         if depths is None:
             raise ValueError(f"camera_refinement_method={camera_method!r} needs depths")
-        registered = register_depth_maps([cameras[i] for i in train_views], [depths[i] for i in train_views],
+        train_depths = [depths[i] for i in train_views]
+        registered = register_depth_maps([cameras[i] for i in train_views], train_depths,
                                          iterations=config.camera_depth_registration_iters, seed=config.seed)
+        camera_report = {
+            "depth_disagreement_given": depth_disagreement([cameras[i] for i in train_views], train_depths, seed=config.seed),
+            "depth_disagreement_registered": depth_disagreement(registered, train_depths, seed=config.seed),
+        }
+        if camera_method == "auto":  # NaN (no overlap) fails the test and goes on photometrically
+            agree = camera_report["depth_disagreement_registered"] <= config.camera_depth_agreement
+            camera_method = "depth" if agree else "depth+photometric"
         for view, cam in zip(train_views, registered):
             cameras[view] = cam
+    if camera_method is not None:
+        camera_report = {"method": camera_method, **(camera_report or {})}
     photometric_poses = camera_method in ("photometric", "depth+photometric")
     if photometric_poses and config.camera_round_downscales:
         registered = _alternate_scene_and_poses(
@@ -485,5 +505,5 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
     return Reconstruction(
         gaussians=current_gaussians(), cameras=refined, train_views=train_views, eval_views=eval_views, config=config,
         scene_scale=scale, history=history, evaluations=evaluations,
-        densification=strategy.history if strategy else [], exposure=exposure_values,
+        densification=strategy.history if strategy else [], exposure=exposure_values, camera_refinement=camera_report,
     )
