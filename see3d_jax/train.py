@@ -19,6 +19,11 @@ EMA, step and data iterator); SIGTERM (preemption) saves a checkpoint and exits 
 Logs go to `WORKDIR/log.jsonl` and TensorBoard (`WORKDIR/tensorboard`); at the end the EMA
 weights are exported to `WORKDIR/ema/` (`see3d_jax.unet.load_weights` reads them).
 
+On a CPU host, set `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = 2x the cores)
+before starting: the batch is then split over N CPU devices whose programs XLA runs in
+parallel, while one device runs the UNet's many small ops mostly on one thread (2 cores: 2.2x
+the samples/s of the `small` config, benchmarks/RESULTS.md).
+
 Multi-host: pass `--coordinator HOST:PORT --num-processes N --process-id I` (or
 `--distributed` on TPU / SLURM, where JAX finds them itself); each process reads its own
 shard of the clips and feeds its part of the global batch.
@@ -131,6 +136,8 @@ class Trainer:
         # "depths" [B, N, H, W], "intrinsics" [B, N, 3, 3], "c2w" [B, N, 4, 4].
         self.posed = config.condition.variant == "posed_warp"
         batch_ndims = {"views": 5, "depths": 4, "intrinsics": 4, "c2w": 4} if self.posed else {"views": 5}
+        if config.cache_latents:  # "latents" [B, N, h, w, C] from see3d_jax.data.cache_latents
+            batch_ndims["latents"] = 5
         self.batch_shardings = {k: NamedSharding(self.mesh, batch_spec(n)) for k, n in batch_ndims.items()}
         self.train_step = jax.jit(
             self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
@@ -191,7 +198,8 @@ class Trainer:
     def loss(self, params, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
         views = constrain(batch["views"], ("batch", None, None, None, None))
         tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, self.encode_fn,
-                                       batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"))
+                                       batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"),
+                                       batch.get("latents"))
         out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
         target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
         cfg = self.config
@@ -324,7 +332,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     one per process); a run with the same `data_shards` sees the same global batches whatever
     its number of processes."""
     from see3d_jax.checkpointing import Checkpointer, abstract_like
-    from see3d_jax.data import training_batches
+    from see3d_jax.data import cache_latents, list_clips, training_batches
 
     process_count, process_index = jax.process_count(), jax.process_index()
     shards = process_count if data_shards is None else data_shards
@@ -341,10 +349,19 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
         (local_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
     per_shard = config.batch_size // shards
     shards_here = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
+    latent_dir = None
+    if config.cache_latents:  # each process encodes the clips of its own shards (resumable)
+        latent_dir = local_dir / "latent_cache"
+        clips = list_clips(data_dir, config.num_views, trainer.posed)
+        mine = [c for s in shards_here for c in clips[s::shards]]
+        t0 = time.perf_counter()
+        encoded = cache_latents(mine, latent_dir, encode_fn, config.image_size, vae=config.vae)
+        print(f"see3d_jax.train: latents of {encoded} clips encoded into {latent_dir} in {time.perf_counter() - t0:.1f} s "
+              f"({len(mine) - encoded} already cached)", file=sys.stderr)
     iterators = [
         training_batches(data_dir, num_views=config.num_views, image_size=config.image_size, batch_size=per_shard,
                          seed=config.seed, cache=config.cache_frames, num_workers=config.num_workers,
-                         process_index=s, process_count=shards, posed=trainer.posed)
+                         process_index=s, process_count=shards, posed=trainer.posed, latent_dir=latent_dir)
         for s in shards_here
     ]
 
@@ -363,6 +380,11 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     logger = _Logger(local_dir, config.tensorboard)
     logger.write({"step": resumed_from, "event": "resumed" if resumed_from else "started", "processes": process_count,
                   "devices": jax.device_count(), "mesh": dict(trainer.mesh.shape)})
+    if jax.default_backend() == "cpu" and jax.local_device_count() == 1 and (os.cpu_count() or 1) > 1 and process_index == 0:
+        # XLA runs one CPU device's small ops mostly on one thread; N devices run N programs at once
+        print(f"see3d_jax.train: one CPU device on {os.cpu_count()} cores; XLA_FLAGS="
+              f"--xla_force_host_platform_device_count={os.cpu_count() * 2} splits each batch over that many CPU "
+              "devices and ran the small config's step 2.2x faster on 2 cores (benchmarks/RESULTS.md)", file=sys.stderr)
     bar = None
     if progress and process_index == 0:
         from tqdm import tqdm
