@@ -21,8 +21,8 @@ weights are exported to `WORKDIR/ema/` (`see3d_jax.unet.load_weights` reads them
 
 On a CPU host, set `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = 2x the cores)
 before starting: the batch is then split over N CPU devices whose programs XLA runs in
-parallel, while one device runs the UNet's many small ops mostly on one thread (2 cores: 2.2x
-the samples/s of the `small` config, benchmarks/RESULTS.md).
+parallel, while one device runs the UNet's many small ops mostly on one thread (2 cores, 4
+devices: 2.4x the samples/s of the `small` config, benchmarks/RESULTS.md).
 
 Multi-host: pass `--coordinator HOST:PORT --num-processes N --process-id I` (or
 `--distributed` on TPU / SLURM, where JAX finds them itself); each process reads its own
@@ -384,7 +384,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
         # XLA runs one CPU device's small ops mostly on one thread; N devices run N programs at once
         print(f"see3d_jax.train: one CPU device on {os.cpu_count()} cores; XLA_FLAGS="
               f"--xla_force_host_platform_device_count={os.cpu_count() * 2} splits each batch over that many CPU "
-              "devices and ran the small config's step 2.2x faster on 2 cores (benchmarks/RESULTS.md)", file=sys.stderr)
+              "devices (the small config: 2.4x the samples/s on 2 cores, benchmarks/RESULTS.md)", file=sys.stderr)
     bar = None
     if progress and process_index == 0:
         from tqdm import tqdm

@@ -144,6 +144,8 @@ def test_bad_inputs(world):
         reconstruct(images, cameras, refine_cameras=True, camera_refinement_method="depth", progress=False)
     with pytest.raises(ValueError, match="camera_refinement_method must be"):
         reconstruct(images, cameras, refine_cameras=True, camera_refinement_method="icp", progress=False)
+    with pytest.raises(ValueError, match="camera_depth_agreement must be >= 0, got -1"):
+        reconstruct(images, cameras, refine_cameras=True, camera_depth_agreement=-1, progress=False)
     with pytest.raises(ValueError, match="init='depth' needs depths"):
         reconstruct(images, cameras, init="depth", progress=False)
 

@@ -45,6 +45,12 @@ def _normals(points: np.ndarray, valid: np.ndarray, max_relative_jump: float) ->
     return n, ok & (length[..., 0] > 0)
 
 
+def _poses(cameras: Sequence[Camera]) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-to-world rotations [V, 3, 3] and centres [V, 3] in float64."""
+    return (np.stack([c.c2w[:3, :3] for c in cameras]).astype(np.float64),
+            np.stack([c.c2w[:3, 3] for c in cameras]).astype(np.float64))
+
+
 class _DepthClouds:
     """Every view's depth map as a camera-frame point map with normals, and a random sample of
     its points, for matching views against each other."""
@@ -116,8 +122,7 @@ def register_depth_maps(
     clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
     cameras = clouds.cameras
     num = len(cameras)
-    R = np.stack([c.c2w[:3, :3] for c in cameras]).astype(np.float64)
-    t = np.stack([c.c2w[:3, 3] for c in cameras]).astype(np.float64)
+    R, t = _poses(cameras)
     for _ in range(iterations):
         H = np.zeros((6 * num, 6 * num))
         g = np.zeros(6 * num)
@@ -168,12 +173,12 @@ def depth_disagreement(
 ) -> float:
     """How far the depth maps disagree under these poses: the median point-to-plane distance,
     as a fraction of the depth, over the matched points of every ordered pair of views (the
-    residual `register_depth_maps` minimises). Exact depths under their registered poses give
-    ~1e-4; noisy, per-view scaled or smoothly warped depths leave ~1e-3 to 1e-2, which rigid
-    poses cannot remove. NaN when no two views share enough surface."""
+    residual `register_depth_maps` minimises). Measured after the ICP (RESULTS.md, issue 8):
+    exact depths ~1e-5, a 2% scale error per view ~3e-4 (the poses absorb most of it), 1%
+    per-pixel noise or a smooth 2% warp ~5e-3, which rigid poses cannot remove. NaN when no
+    two views share enough surface."""
     clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
-    R = np.stack([c.c2w[:3, :3] for c in clouds.cameras]).astype(np.float64)
-    t = np.stack([c.c2w[:3, 3] for c in clouds.cameras]).astype(np.float64)
+    R, t = _poses(clouds.cameras)
     residuals = []
     for i in range(len(clouds.cameras)):
         for j in range(len(clouds.cameras)):

@@ -134,6 +134,8 @@ class ReconstructionConfig:
         if self.camera_refinement_method not in ("auto", "depth", "photometric", "depth+photometric"):
             raise ValueError("camera_refinement_method must be 'auto', 'depth', 'photometric' or 'depth+photometric', "
                              f"got {self.camera_refinement_method!r}")
+        if not self.camera_depth_agreement >= 0:
+            raise ValueError(f"camera_depth_agreement must be >= 0, got {self.camera_depth_agreement}")
         if self.camera_depth_registration_iters < 1:
             raise ValueError(f"camera_depth_registration_iters must be >= 1, got {self.camera_depth_registration_iters}")
         if self.camera_round_init_views < 1 or self.camera_round_steps < 1 or self.camera_registration_iters < 1:
