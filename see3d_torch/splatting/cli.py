@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-method", default="auto", choices=["auto", "depth", "photometric", "depth+photometric"],
                    help="with --refine-cameras: 'depth' registers the poses by ICP between the depth maps, "
                         "'photometric' learns pose corrections against the scene; 'auto': with --depths the ICP, then "
-                        "photometric only if the depth maps still disagree (> 0.1%% of depth), else photometric")
+                        "photometric only if the depth maps still disagree smoothly (monocular-like depths), else photometric")
     p.add_argument("--exposure", action="store_true", help="learn per-image exposure compensation")
     p.add_argument("--holdout-every", type=int, default=0, help="hold out every N-th view for evaluation (0: none)")
     p.add_argument("--eval-every", type=int, default=250)

@@ -17,6 +17,7 @@ onto the given cameras (`align_cameras`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -62,7 +63,7 @@ class _DepthClouds:
             raise ValueError(f"depth registration needs >= 2 cameras and one depth map each, got {len(self.cameras)} and {len(depths)}")
         self.max_relative_distance = max_relative_distance
         rng = np.random.default_rng(seed)
-        self.maps, self.normals, self.valid, self.samples = [], [], [], []
+        self.maps, self.normals, self.valid, self.samples, self.sample_pixels = [], [], [], [], []
         for i, (cam, depth) in enumerate(zip(self.cameras, depths)):
             depth = np.asarray(depth, dtype=np.float64)
             if depth.shape != (cam.height, cam.width):
@@ -77,10 +78,13 @@ class _DepthClouds:
             self.normals.append(normals)
             self.valid.append(normal_ok)
             self.samples.append((points.reshape(-1, 3)[chosen], normals.reshape(-1, 3)[chosen]))
+            rows, cols = np.divmod(chosen, cam.width)
+            self.sample_pixels.append(np.stack([cols / cam.width, rows / cam.height], axis=1))
 
     def matches(self, i: int, j: int, R: np.ndarray, t: np.ndarray):
         """View i's sampled points in the world (poses R, t: [V, 3, 3], [V, 3]) matched to view j's
-        pixels they project to: (x_i, x_j, normal of j, depth in j) in world coordinates, or None."""
+        pixels they project to: (x_i, x_j, normal of j, depth in j) in world coordinates and the
+        pixel positions (u_i, v_i, u_j, v_j) as fractions of the image size, or None."""
         p_cam, n_cam = self.samples[i]
         x = p_cam @ R[i].T + t[i]
         cam = self.cameras[j]
@@ -100,7 +104,9 @@ class _DepthClouds:
         sel = close & agree
         if sel.sum() < 10:
             return None
-        return x[keep[sel]], q[sel] @ R[j].T + t[j], n_world[sel], q[sel, 2]
+        pixels = np.concatenate([self.sample_pixels[i][keep[sel]],
+                                 np.stack([u[sel] / cam.width, v[sel] / cam.height], axis=1)], axis=1)
+        return x[keep[sel]], q[sel] @ R[j].T + t[j], n_world[sel], q[sel, 2], pixels
 
 
 def register_depth_maps(
@@ -131,7 +137,7 @@ def register_depth_maps(
                 match = clouds.matches(i, j, R, t) if i != j else None
                 if match is None:
                     continue
-                xi, xj, n_world, depth = match
+                xi, xj, n_world, depth, _ = match
                 scale = 1.0 / depth
                 r = np.sum(n_world * (xi - xj), axis=1) * scale
                 weight = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
@@ -163,6 +169,17 @@ def register_depth_maps(
     return align_cameras(refined, cameras)
 
 
+@dataclasses.dataclass(frozen=True)
+class DepthDisagreement:
+    """How far depth maps disagree under given poses (`depth_disagreement`)."""
+
+    median: float  # median point-to-plane distance / depth over the matched points of all view pairs
+    # share of the signed distances' variance that a smooth field explains (per view pair, a
+    # quadratic in both views' pixel coordinates; pooled): high for smoothly distorted depths
+    # (monocular estimates), which bias a rigid registration; ~0 for per-pixel noise, which it averages out
+    smooth_fraction: float
+
+
 def depth_disagreement(
     cameras: Sequence[Camera],
     depths: Sequence[np.ndarray],
@@ -170,20 +187,30 @@ def depth_disagreement(
     max_depth_ratio: float = 4.0,
     max_relative_distance: float = 0.05,
     seed: int = 0,
-) -> float:
-    """How far the depth maps disagree under these poses: the median point-to-plane distance,
-    as a fraction of the depth, over the matched points of every ordered pair of views (the
-    residual `register_depth_maps` minimises). Measured after the ICP (RESULTS.md, issue 8):
-    exact depths ~1e-5, a 2% scale error per view ~3e-4 (the poses absorb most of it), 1%
-    per-pixel noise or a smooth 2% warp ~5e-3, which rigid poses cannot remove. NaN when no
-    two views share enough surface."""
+) -> DepthDisagreement:
+    """How far the depth maps disagree under these poses, and how smooth the disagreement is.
+
+    The distances are the residual `register_depth_maps` minimises. Measured after the ICP
+    (RESULTS.md, issue 8), median / smooth fraction: exact depths ~1e-5 / 0.03, a 2% scale error
+    per view ~3e-4 / 0.45 (the poses absorb most of it), 1% per-pixel noise ~5e-3 / 0.03, a
+    smooth 2% warp ~5e-3 / 0.45. NaN when no two views share enough surface."""
     clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
     R, t = _poses(clouds.cameras)
-    residuals = []
+    residuals, explained, total = [], 0.0, 0.0
     for i in range(len(clouds.cameras)):
         for j in range(len(clouds.cameras)):
             match = clouds.matches(i, j, R, t) if i != j else None
-            if match is not None:
-                xi, xj, n_world, depth = match
-                residuals.append(np.abs(np.sum(n_world * (xi - xj), axis=1)) / depth)
-    return float(np.median(np.concatenate(residuals))) if residuals else float("nan")
+            if match is None:
+                continue
+            xi, xj, n_world, depth, pixels = match
+            r = np.sum(n_world * (xi - xj), axis=1) / depth
+            residuals.append(np.abs(r))
+            ui, vi, uj, vj = pixels.T
+            basis = np.stack([np.ones_like(ui), ui, vi, ui * ui, ui * vi, vi * vi, uj, vj, uj * uj, uj * vj, vj * vj], axis=1)
+            if len(r) > 4 * basis.shape[1]:  # enough points that noise cannot look smooth
+                coef, *_ = np.linalg.lstsq(basis, r, rcond=None)
+                total += float(np.sum((r - r.mean()) ** 2))
+                explained += float(np.sum((r - r.mean()) ** 2) - np.sum((r - basis @ coef) ** 2))
+    if not residuals:
+        return DepthDisagreement(float("nan"), float("nan"))
+    return DepthDisagreement(float(np.median(np.concatenate(residuals))), explained / total if total > 0 else 0.0)

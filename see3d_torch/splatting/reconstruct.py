@@ -17,8 +17,8 @@
   (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses (6D rotation
   + translation deltas) and scene jointly during the main training. With depths the default
   runs the ICP, and then the photometric stages only if the depth maps still disagree under
-  the registered poses (depths from monocular estimation are smoothly wrong, which biases the
-  ICP; exact ones leave nothing for photometry to fix). `Reconstruction.camera_refinement`
+  the registered poses, smoothly (depths from monocular estimation are smoothly wrong, which
+  biases the ICP; exact or merely noisy ones leave nothing for photometry to fix). `Reconstruction.camera_refinement`
   says what ran;
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
@@ -89,13 +89,16 @@ class ReconstructionConfig:
     # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto":
     # the ICP first when depths are given, then the photometric stages only if the depth maps
     # still disagree under the registered poses (median point-to-plane distance above
-    # `camera_depth_agreement` of the depth), else "photometric". Why: with depths that agree
-    # (exact, or off by a per-view scale) the ICP alone is best and the photometric stages only
-    # add ~0.5 deg of wander; monocular-style depths (smoothly warped, as the generation loop
-    # makes) bias the ICP, and both in turn did best there (RESULTS.md, issue 8)
+    # `camera_depth_agreement` of the depth) and the disagreement is smooth (a share above
+    # `camera_depth_smooth_fraction` explained by a smooth field), else "photometric". Why: with
+    # depths that agree (exact, or off by a per-view scale) or that are only noisy, the ICP alone
+    # is best and the photometric stages add ~0.5 deg of wander; smoothly distorted depths
+    # (monocular estimates, as the generation loop makes) bias the ICP, and both in turn did best
+    # there (RESULTS.md, issue 8)
     camera_refinement_method: str = "auto"
     camera_depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
     camera_depth_agreement: float = 1e-3  # "auto": depth disagreement up to which the ICP poses are kept
+    camera_depth_smooth_fraction: float = 0.1  # "auto": below it the disagreement is noise the ICP averages out
     # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
     # shrunk by this factor, then every pose registered alone against it (coarse to fine)
     camera_round_downscales: tuple[int, ...] = (2, 2, 2, 1)
@@ -136,6 +139,8 @@ class ReconstructionConfig:
                              f"got {self.camera_refinement_method!r}")
         if not self.camera_depth_agreement >= 0:
             raise ValueError(f"camera_depth_agreement must be >= 0, got {self.camera_depth_agreement}")
+        if not 0 <= self.camera_depth_smooth_fraction <= 1:
+            raise ValueError(f"camera_depth_smooth_fraction must be in [0, 1], got {self.camera_depth_smooth_fraction}")
         if self.camera_depth_registration_iters < 1:
             raise ValueError(f"camera_depth_registration_iters must be >= 1, got {self.camera_depth_registration_iters}")
         if self.camera_round_init_views < 1 or self.camera_round_steps < 1 or self.camera_registration_iters < 1:
@@ -158,7 +163,8 @@ class Reconstruction:
     densification: list[dict]
     exposure: dict | None = None  # per trained view: gains, biases
     # refine_cameras: the method run ("auto" resolved) and, after an ICP, the depth maps'
-    # disagreement (median point-to-plane distance / depth) under the given and the registered poses
+    # disagreement (median point-to-plane distance / depth) under the given and the registered
+    # poses, and the smooth share of the latter (`depth_registration.DepthDisagreement`)
     camera_refinement: dict | None = None
 
     def render(self, cameras: Sequence[Camera], **options) -> tuple[np.ndarray, np.ndarray]:
@@ -349,13 +355,15 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
         train_depths = [depths[i] for i in train_views]
         registered = register_depth_maps([cameras[i] for i in train_views], train_depths,
                                          iterations=config.camera_depth_registration_iters, seed=config.seed)
+        after = depth_disagreement(registered, train_depths, seed=config.seed)
         camera_report = {
-            "depth_disagreement_given": depth_disagreement([cameras[i] for i in train_views], train_depths, seed=config.seed),
-            "depth_disagreement_registered": depth_disagreement(registered, train_depths, seed=config.seed),
+            "depth_disagreement_given": depth_disagreement([cameras[i] for i in train_views], train_depths, seed=config.seed).median,
+            "depth_disagreement_registered": after.median,
+            "depth_disagreement_smooth_fraction": after.smooth_fraction,
         }
-        if camera_method == "auto":  # NaN (no overlap) fails the test and goes on photometrically
-            agree = camera_report["depth_disagreement_registered"] <= config.camera_depth_agreement
-            camera_method = "depth" if agree else "depth+photometric"
+        if camera_method == "auto":  # NaN (no overlap) fails both tests and goes on photometrically
+            keep = after.median <= config.camera_depth_agreement or after.smooth_fraction < config.camera_depth_smooth_fraction
+            camera_method = "depth" if keep else "depth+photometric"
         for view, cam in zip(train_views, registered):
             cameras[view] = cam
     if camera_method is not None:
