@@ -10,7 +10,8 @@
   run per perturbation seed), refined by `reconstruct(..., refine_cameras=True)` with the exact
   depths (`--camera-method`: `depth`: the depth registration, then `--camera-steps` of scene
   training; `photometric`: alternating rounds, then a joint phase of `--camera-steps`; `auto`
-  (reconstruct's default, both in turn when depths are given)); mean
+  (reconstruct's default: the depth registration, then the photometric stages only if the
+  depth maps still disagree smoothly)); mean
   rotation error (after removing one global rotation) before and after.
 """
 

@@ -108,6 +108,14 @@ class _DepthClouds:
                                  np.stack([u[sel] / cam.width, v[sel] / cam.height], axis=1)], axis=1)
         return x[keep[sel]], q[sel] @ R[j].T + t[j], n_world[sel], q[sel, 2], pixels
 
+    def all_matches(self, R: np.ndarray, t: np.ndarray):
+        """(i, j, `matches(i, j, R, t)`) for every ordered pair of views that has matches."""
+        for i in range(len(self.cameras)):
+            for j in range(len(self.cameras)):
+                match = self.matches(i, j, R, t) if i != j else None
+                if match is not None:
+                    yield i, j, match
+
 
 def register_depth_maps(
     cameras: Sequence[Camera],
@@ -132,27 +140,22 @@ def register_depth_maps(
     for _ in range(iterations):
         H = np.zeros((6 * num, 6 * num))
         g = np.zeros(6 * num)
-        for i in range(num):
-            for j in range(num):
-                match = clouds.matches(i, j, R, t) if i != j else None
-                if match is None:
-                    continue
-                xi, xj, n_world, depth, _ = match
-                scale = 1.0 / depth
-                r = np.sum(n_world * (xi - xj), axis=1) * scale
-                weight = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
-                # left-multiplied world-frame updates (rotation w, translation v) of poses i and j;
-                # j's normal turns with its pose
-                J_i = np.concatenate([np.cross(xi, n_world), n_world], axis=1) * scale[:, None]
-                J_j = np.concatenate([np.cross(n_world, xi - xj) - np.cross(xj, n_world), -n_world], axis=1) * scale[:, None]
-                wJ_i, wJ_j = J_i * weight[:, None], J_j * weight[:, None]
-                si, sj = slice(6 * i, 6 * i + 6), slice(6 * j, 6 * j + 6)
-                H[si, si] += wJ_i.T @ J_i
-                H[sj, sj] += wJ_j.T @ J_j
-                H[si, sj] += wJ_i.T @ J_j
-                H[sj, si] += wJ_j.T @ J_i
-                g[si] += wJ_i.T @ r
-                g[sj] += wJ_j.T @ r
+        for i, j, (xi, xj, n_world, depth, _) in clouds.all_matches(R, t):
+            scale = 1.0 / depth
+            r = np.sum(n_world * (xi - xj), axis=1) * scale
+            weight = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12))
+            # left-multiplied world-frame updates (rotation w, translation v) of poses i and j;
+            # j's normal turns with its pose
+            J_i = np.concatenate([np.cross(xi, n_world), n_world], axis=1) * scale[:, None]
+            J_j = np.concatenate([np.cross(n_world, xi - xj) - np.cross(xj, n_world), -n_world], axis=1) * scale[:, None]
+            wJ_i, wJ_j = J_i * weight[:, None], J_j * weight[:, None]
+            si, sj = slice(6 * i, 6 * i + 6), slice(6 * j, 6 * j + 6)
+            H[si, si] += wJ_i.T @ J_i
+            H[sj, sj] += wJ_j.T @ J_j
+            H[si, sj] += wJ_i.T @ J_j
+            H[sj, si] += wJ_j.T @ J_i
+            g[si] += wJ_i.T @ r
+            g[sj] += wJ_j.T @ r
         damping = 1e-6 * np.trace(H) / len(H) + 1e-12
         delta = -np.linalg.solve(H + damping * np.eye(len(H)), g)
         for k in range(num):
@@ -197,20 +200,15 @@ def depth_disagreement(
     clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
     R, t = _poses(clouds.cameras)
     residuals, explained, total = [], 0.0, 0.0
-    for i in range(len(clouds.cameras)):
-        for j in range(len(clouds.cameras)):
-            match = clouds.matches(i, j, R, t) if i != j else None
-            if match is None:
-                continue
-            xi, xj, n_world, depth, pixels = match
-            r = np.sum(n_world * (xi - xj), axis=1) / depth
-            residuals.append(np.abs(r))
-            ui, vi, uj, vj = pixels.T
-            basis = np.stack([np.ones_like(ui), ui, vi, ui * ui, ui * vi, vi * vi, uj, vj, uj * uj, uj * vj, vj * vj], axis=1)
-            if len(r) > 4 * basis.shape[1]:  # enough points that noise cannot look smooth
-                coef, *_ = np.linalg.lstsq(basis, r, rcond=None)
-                total += float(np.sum((r - r.mean()) ** 2))
-                explained += float(np.sum((r - r.mean()) ** 2) - np.sum((r - basis @ coef) ** 2))
+    for _, _, (xi, xj, n_world, depth, pixels) in clouds.all_matches(R, t):
+        r = np.sum(n_world * (xi - xj), axis=1) / depth
+        residuals.append(np.abs(r))
+        ui, vi, uj, vj = pixels.T
+        basis = np.stack([np.ones_like(ui), ui, vi, ui * ui, ui * vi, vi * vi, uj, vj, uj * uj, uj * vj, vj * vj], axis=1)
+        if len(r) > 4 * basis.shape[1]:  # enough points that noise cannot look smooth
+            coef, *_ = np.linalg.lstsq(basis, r, rcond=None)
+            total += float(np.sum((r - r.mean()) ** 2))
+            explained += float(np.sum((r - r.mean()) ** 2) - np.sum((r - basis @ coef) ** 2))
     if not residuals:
         return DepthDisagreement(float("nan"), float("nan"))
     return DepthDisagreement(float(np.median(np.concatenate(residuals))), explained / total if total > 0 else 0.0)
