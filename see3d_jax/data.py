@@ -182,6 +182,16 @@ def list_clips(data_dir: str | os.PathLike, num_views: int, posed: bool = False)
     return clips
 
 
+def clip_shard(data_dir: str | os.PathLike, num_views: int, posed: bool, process_index: int,
+               process_count: int) -> list[tuple[str, int]]:
+    """The `process_index`-th of `process_count` shards of `list_clips` (every `process_count`-th
+    clip): what one process reads, and, with `cache_latents`, encodes."""
+    clips = list_clips(data_dir, num_views, posed)
+    if len(clips) < process_count:
+        raise ClipFormatError(f"clip dataset {data_dir}: {len(clips)} clips cannot be split over {process_count} processes")
+    return clips[process_index::process_count]
+
+
 def training_batches(
     data_dir: str | os.PathLike,
     *,
@@ -202,10 +212,7 @@ def training_batches(
 
     `batch_size` is this process's share of the global batch. `get_state()` / `set_state()`
     save and restore the position."""
-    clips = list_clips(data_dir, num_views, posed)
-    if len(clips) < process_count:
-        raise ClipFormatError(f"clip dataset {data_dir}: {len(clips)} clips cannot be split over {process_count} processes")
-    ds = grain.MapDataset.source(clips)[process_index::process_count]
+    ds = grain.MapDataset.source(clip_shard(data_dir, num_views, posed, process_index, process_count))
     ds = ds.shuffle(seed=seed).repeat().random_map(ClipViews(num_views, image_size, cache, posed, None if latent_dir is None else str(latent_dir)), seed=seed + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     it_ds = ds.to_iter_dataset()

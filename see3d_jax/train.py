@@ -332,7 +332,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     one per process); a run with the same `data_shards` sees the same global batches whatever
     its number of processes."""
     from see3d_jax.checkpointing import Checkpointer, abstract_like
-    from see3d_jax.data import cache_latents, list_clips, training_batches
+    from see3d_jax.data import cache_latents, clip_shard, training_batches
 
     process_count, process_index = jax.process_count(), jax.process_index()
     shards = process_count if data_shards is None else data_shards
@@ -352,8 +352,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     latent_dir = None
     if config.cache_latents:  # each process encodes the clips of its own shards (resumable)
         latent_dir = local_dir / "latent_cache"
-        clips = list_clips(data_dir, config.num_views, trainer.posed)
-        mine = [c for s in shards_here for c in clips[s::shards]]
+        mine = [c for s in shards_here for c in clip_shard(data_dir, config.num_views, trainer.posed, s, shards)]
         t0 = time.perf_counter()
         encoded = cache_latents(mine, latent_dir, encode_fn, config.image_size, vae=config.vae)
         print(f"see3d_jax.train: latents of {encoded} clips encoded into {latent_dir} in {time.perf_counter() - t0:.1f} s "
