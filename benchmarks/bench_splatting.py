@@ -14,8 +14,8 @@
   depth maps still disagree smoothly)); mean
   rotation error (after removing one global rotation) before and after;
 - rough_depths (not in the default run): 12 views of 64x64, the same perturbation, depths
-  made rough (1% per-pixel noise; a smooth 2%-amplitude warp per view, like aligned monocular
-  depths), `reconstruct(..., refine_cameras=True, steps=300)` with `--camera-method`: which
+  exact or made rough (1% per-pixel noise; a 2% scale error per view; a smooth 2%-amplitude
+  warp per view, like aligned monocular depths), `reconstruct(..., refine_cameras=True, steps=300)` with `--camera-method`: which
   method `auto` chose, the depth disagreement after the ICP, the rotation error.
 """
 
@@ -121,19 +121,24 @@ def bench_cameras(steps: int, num_threads: int | None, seed: int, method: str) -
 
 
 def rough_depths(depths, kind: str, rng: np.random.Generator) -> list[np.ndarray]:
-    """`depths` x (1 + e): e = 1% per-pixel noise ("noise") or a smooth 2%-amplitude warp
-    sin(2 pi x + a) cos(2 pi y + b) with random phases per view ("warp")."""
+    """`depths` x (1 + e): e = 0 ("exact"), 1% per-pixel noise ("noise"), +-2% per view
+    ("scale") or a smooth 2%-amplitude warp sin(2 pi x + a) cos(2 pi y + b) with random phases
+    per view ("warp")."""
     out = []
     for d in depths:
         h, w = d.shape
-        if kind == "noise":
+        if kind == "exact":
+            e = 0.0
+        elif kind == "noise":
             e = 0.01 * rng.standard_normal(d.shape)
+        elif kind == "scale":
+            e = 0.02 * rng.choice([-1.0, 1.0])
         elif kind == "warp":
             yy, xx = np.mgrid[0:h, 0:w]
             a, b = rng.uniform(0, 2 * np.pi, 2)
             e = 0.02 * np.sin(2 * np.pi * xx / w + a) * np.cos(2 * np.pi * yy / h + b)
         else:
-            raise ValueError(f"rough depth kind must be 'noise' or 'warp', got {kind!r}")
+            raise ValueError(f"rough depth kind must be 'exact', 'noise', 'scale' or 'warp', got {kind!r}")
         out.append(d * (1 + e))
     return out
 
@@ -145,7 +150,7 @@ def bench_rough_depths(num_threads: int | None, seed: int, method: str) -> list[
     scene, cams, images, depths = _world(12, 64)
     noisy = perturb_cameras(cams, rotation_deg=2.0, translation=0.02 * scene.scale, seed=seed)
     results = []
-    for kind in ("noise", "warp"):
+    for kind in ("exact", "noise", "scale", "warp"):
         start = time.perf_counter()
         result = reconstruct(images, noisy, rough_depths(depths, kind, np.random.default_rng(seed)), steps=300,
                              refine_cameras=True, camera_refinement_method=method, lpips_weight=0.0,
@@ -186,7 +191,7 @@ def main() -> None:
         report["rough_depths"] = []
         for seed in (int(s) for s in args.camera_seeds.split(",")):
             report["rough_depths"] += bench_rough_depths(args.threads, seed, args.camera_method)
-            print(json.dumps(report["rough_depths"][-2:], indent=1), flush=True)
+            print(json.dumps(report["rough_depths"][-4:], indent=1), flush=True)
     print(json.dumps(report))
 
 
