@@ -195,7 +195,7 @@ def depth_disagreement(
 
     The distances are the residual `register_depth_maps` minimises. Measured after the ICP
     (RESULTS.md, issue 8), median / smooth fraction: exact depths ~1e-5 / 0.03, a 2% scale error
-    per view ~3e-4 / 0.45 (the poses absorb most of it), 1% per-pixel noise ~5e-3 / 0.03, a
+    per view ~3e-4 / 0.7 (the poses absorb most of it), 1% per-pixel noise ~5e-3 / 0.03, a
     smooth 2% warp ~5e-3 / 0.45. NaN when no two views share enough surface."""
     clouds = _DepthClouds(cameras, depths, points_per_view, max_depth_ratio, max_relative_distance, seed)
     R, t = _poses(clouds.cameras)
