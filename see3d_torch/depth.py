@@ -157,30 +157,96 @@ def apply_scale_shift(mono_depth: torch.Tensor, scale, shift, space: str = "dept
     return _from_fit_space(scale * mono_depth + shift, space)
 
 
+# candidate bandwidths in keypoint spacings, each sqrt(2) times the previous, so that each
+# candidate's Gaussian weights are the square root of the previous one's (no new exp)
+BANDWIDTH_FACTORS = tuple(0.5 * math.sqrt(2.0) ** i for i in range(6))  # 0.5 ... 2.83
+
+
+def keypoint_spacing(height: int, width: int, count: torch.Tensor) -> torch.Tensor:
+    """The mean distance between keypoints spread evenly over the image, sqrt(H W / count)."""
+    return torch.sqrt(height * width / count.to(torch.float64).clamp_min(1.0))
+
+
+def _bisquare_weights(residual: torch.Tensor, keep: torch.Tensor, cut: float = 6.0) -> torch.Tensor:
+    """Cleveland's LOWESS robustness weights (1 - (r / (cut * median |r|))^2)^2, 0 beyond."""
+    spread = torch.where(keep, residual.abs(), torch.full_like(residual, float("nan"))).nanmedian(dim=-1).values
+    spread = spread.nan_to_num(1.0).clamp_min(1e-6)
+    u = (residual / (cut * spread[:, None])).clamp(-1.0, 1.0)
+    return (1.0 - u * u) ** 2
+
+
+class _LocalAffine:
+    """Weighted least squares for a (scale, shift) per query point: y ~ scale g + shift with
+    Gaussian weights in the image plane, a ridge pulling the shift to 0 and the scale to 1."""
+
+    def __init__(self, g: torch.Tensor, y: torch.Tensor, ridge: float, scale_ridge: float):
+        self.moments = torch.stack([torch.ones_like(g), g, g * g, y, g * y], dim=-1)  # [B, K, 5]
+        self.ridge, self.scale_ridge = ridge, scale_ridge
+
+    def solve(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`weights` [B, Q, K] -> (scale, shift) [B, Q]."""
+        s0, s1, s2, t0, t1 = torch.bmm(weights, self.moments).unbind(-1)
+        a00, a11, r1 = s0 + self.ridge, s2 + self.scale_ridge, t1 + self.scale_ridge
+        det = a00 * a11 - s1 * s1
+        return (a00 * r1 - s1 * t0) / det, (a11 * t0 - s1 * r1) / det
+
+
+def _gaussian(dist2: torch.Tensor, bandwidth) -> torch.Tensor:
+    return torch.exp(-dist2 / (2.0 * bandwidth**2))
+
+
+def _leave_one_out_residuals(uv, affine, robustness, bandwidth, candidates: int = 1, chunk: int = 1024) -> torch.Tensor:
+    """Relative residual [C, B, K] of every keypoint against the local fit of all the others,
+    for `candidates` bandwidths: `bandwidth` [B], then each sqrt(2) times the previous."""
+    g, y = affine.moments[..., 1], affine.moments[..., 3]
+    k = uv.shape[1]
+    out = [[] for _ in range(candidates)]
+    for start in range(0, k, chunk):
+        stop = min(start + chunk, k)
+        weights = _gaussian(torch.cdist(uv[:, start:stop], uv) ** 2, bandwidth[:, None, None])
+        index = torch.arange(start, stop, device=uv.device)
+        weights[:, index - start, index] = 0.0  # leave the keypoint itself out
+        for c in range(candidates):
+            if c:
+                weights = weights.sqrt()  # exp(-d^2 / (2 k^2))^(1/2) is the weight at sqrt(2) k
+            scale, shift = affine.solve(weights * robustness[:, None, :])
+            out[c].append((scale * g[:, start:stop] + shift - y[:, start:stop]) / y[:, start:stop].abs().clamp_min(MIN_POSITIVE))
+    return torch.stack([torch.cat(parts, dim=1) for parts in out])
+
+
 def lwlr_align_batched(
     mono_depth: torch.Tensor,
     uv: torch.Tensor,
     sparse_depth: torch.Tensor,
     valid: torch.Tensor | None = None,
-    bandwidth: float = 50.0,
+    bandwidth: float | None = None,
     ridge: float = 1.0,
-    grid_stride: int = 32,
+    grid_stride: int | None = None,
     outlier_threshold: float | None = 0.15,
     scale_ridge: float = 1e-3,
     space: str = "depth",
+    robust_iterations: int = 2,
 ) -> torch.Tensor:
     """Dense metric depth [B, H, W] from monocular depth [B, H, W] and keypoints uv [B, K, 2]
     with metric depths [B, K]; `valid` [B, K] marks real keypoints (rows may be padded).
 
-    Steps (FrozenRecon's locally weighted linear regression):
-    1. a robust global affine fit; keypoints whose relative error after it is
-       >= `outlier_threshold` are dropped (None keeps all);
-    2. on a grid every `grid_stride` pixels, a weighted least squares for (scale, shift)
-       applied to the globally aligned depth, with Gaussian weights
-       exp(-dist^2 / (2 bandwidth^2)), a ridge `ridge` pulling the shift to 0 and a small
-       `scale_ridge` pulling the scale to 1 (so where no keypoint is near, the global fit
-       stands); depths are divided by the keypoints' median first, so both ridges are unitless;
-    3. the scale and shift grids are upsampled bilinearly and applied to every pixel.
+    Steps (FrozenRecon's locally weighted linear regression, made robust the LOWESS way):
+    1. a robust global affine fit; its residuals give the first robustness weights
+       (Cleveland's bisquare, zero beyond 6 median residuals: gross outliers go, points that
+       a smoothly wrong monocular depth puts 20-30% off stay);
+    2. the bandwidth, when not given: the candidate among `BANDWIDTH_FACTORS` x the keypoint
+       spacing sqrt(H W / K) with the smallest median leave-one-out residual of the keypoints
+       (dense keypoints afford a small bandwidth, which follows a distortion more closely);
+    3. `robust_iterations` times: every keypoint's relative residual against the local fit of
+       the others gives new bisquare weights; points off by >= `outlier_threshold` are dropped
+       (FrozenRecon's rule, but against the local fit, so the distortion itself does not count);
+    4. on a grid every `grid_stride` pixels (default: the bandwidth, at most 32), a
+       weighted least squares for (scale, shift) applied to the globally aligned depth, with
+       Gaussian weights exp(-dist^2 / (2 bandwidth^2)) times the robustness weights, a ridge
+       `ridge` pulling the shift to 0 and a small `scale_ridge` pulling the scale to 1 (so where
+       no keypoint is near, the global fit stands); depths are divided by the keypoints' median
+       first, so both ridges are unitless;
+    5. the scale and shift grids are upsampled bilinearly and applied to every pixel.
     """
     _check_space(space)
     if mono_depth.dim() != 3:
@@ -191,8 +257,11 @@ def lwlr_align_batched(
             f"lwlr_align_batched: uv must be [B, K, 2] and sparse_depth [B, K] with B={b}, "
             f"got {tuple(uv.shape)} and {tuple(sparse_depth.shape)}"
         )
-    if bandwidth <= 0 or grid_stride < 1 or ridge < 0 or scale_ridge <= 0:
-        raise ValueError(f"lwlr_align: need bandwidth > 0, grid_stride >= 1, ridge >= 0, scale_ridge > 0; got {bandwidth}, {grid_stride}, {ridge}, {scale_ridge}")
+    if (bandwidth is not None and bandwidth <= 0) or (grid_stride is not None and grid_stride < 1) or ridge < 0 or scale_ridge <= 0 or robust_iterations < 0:
+        raise ValueError(
+            f"lwlr_align: need bandwidth > 0 (or None), grid_stride >= 1 (or None), ridge >= 0, scale_ridge > 0, "
+            f"robust_iterations >= 0; got {bandwidth}, {grid_stride}, {ridge}, {scale_ridge}, {robust_iterations}"
+        )
     mono = mono_depth.float()
     uv = uv.to(mono)
     target = sparse_depth.to(mono)
@@ -205,36 +274,45 @@ def lwlr_align_batched(
     y = _to_fit_space(torch.where(keep, target, torch.ones_like(target)), space)
     x = sample_at(mono, uv)
 
-    # 1. global fit, then FrozenRecon's outlier rule on the relative error
+    # 1. global fit; LOWESS robustness weights from its residuals
     scale, shift = _robust_affine_fit(x, y, keep.to(mono), robust=True, iterations=10)
     g = scale[:, None] * x + shift[:, None]
-    if outlier_threshold is not None:
-        rel = (g - y).abs() / y.abs().clamp_min(MIN_POSITIVE)
-        keep = keep & (rel < outlier_threshold)
-    wk = keep.to(mono)
+    rel = (g - y) / y.abs().clamp_min(MIN_POSITIVE)
+    robustness = keep.to(mono) * _bisquare_weights(rel, keep)
 
     # unitless: divide by the median keypoint value so that the ridges mean the same at any scale
     norm = torch.where(keep, y, torch.full_like(y, float("nan"))).nanmedian(dim=-1).values
     norm = torch.where(torch.isfinite(norm) & (norm.abs() > 0), norm.abs(), torch.ones_like(norm))
-    gn = g / norm[:, None]
-    yn = y / norm[:, None]
+    affine = _LocalAffine(g / norm[:, None], y / norm[:, None], ridge, scale_ridge)
 
-    # 2. local weighted least squares on a coarse grid that includes both border pixels
-    nx = math.ceil((w - 1) / grid_stride) + 1 if w > 1 else 1
-    ny = math.ceil((h - 1) / grid_stride) + 1 if h > 1 else 1
+    # 2. bandwidth by leave-one-out validation among multiples of the keypoint spacing
+    if bandwidth is None:
+        spacing = keypoint_spacing(h, w, keep.sum(-1)).to(mono)
+        loo = _leave_one_out_residuals(uv, affine, robustness, BANDWIDTH_FACTORS[0] * spacing, candidates=len(BANDWIDTH_FACTORS))
+        scores = torch.where(robustness > 0, loo.abs(), torch.full_like(loo, float("nan"))).nanmedian(dim=-1).values  # [C, B]
+        best = scores.nan_to_num(float("inf")).argmin(0)
+        bandwidths = torch.tensor(BANDWIDTH_FACTORS, dtype=mono.dtype, device=mono.device)[best] * spacing
+    else:
+        bandwidths = torch.full((b,), float(bandwidth), dtype=mono.dtype, device=mono.device)
+
+    # 3. robustness iterations against the local fit
+    for _ in range(robust_iterations):
+        loo = _leave_one_out_residuals(uv, affine, robustness, bandwidths)[0]
+        robustness = keep.to(mono) * _bisquare_weights(loo, keep & (robustness > 0))
+        if outlier_threshold is not None:
+            robustness = robustness * (loo.abs() < outlier_threshold)
+
+    # 4. local weighted least squares on a coarse grid that includes both border pixels
+    stride = grid_stride if grid_stride is not None else int(min(32.0, max(1.0, float(bandwidths.min()))))
+    nx = math.ceil((w - 1) / stride) + 1 if w > 1 else 1
+    ny = math.ceil((h - 1) / stride) + 1 if h > 1 else 1
     gx = torch.linspace(0, w - 1, nx, device=mono.device, dtype=mono.dtype)
     gy = torch.linspace(0, h - 1, ny, device=mono.device, dtype=mono.dtype)
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1).reshape(-1, 2)  # [G, 2]
-    dist2 = torch.cdist(grid[None].expand(b, -1, -1), uv) ** 2  # [B, G, K]
-    weights = torch.exp(-dist2 / (2.0 * bandwidth**2)) * wk[:, None, :]
-    moments = torch.stack([torch.ones_like(gn), gn, gn * gn, yn, gn * yn], dim=-1)  # [B, K, 5]
-    s0, s1, s2, t0, t1 = torch.bmm(weights, moments).unbind(-1)  # each [B, G]
-    a00, a11, r1 = s0 + ridge, s2 + scale_ridge, t1 + scale_ridge  # the ridges pull towards shift 0, scale 1
-    det = a00 * a11 - s1 * s1
-    local_shift = (a11 * t0 - s1 * r1) / det
-    local_scale = (a00 * r1 - s1 * t0) / det
+    weights = _gaussian(torch.cdist(grid[None].expand(b, -1, -1), uv) ** 2, bandwidths[:, None, None]) * robustness[:, None, :]
+    local_scale, local_shift = affine.solve(weights)
 
-    # 3. upsample the (scale, shift) grids; align_corners puts grid nodes on pixel centres
+    # 5. upsample the (scale, shift) grids; align_corners puts grid nodes on pixel centres
     maps = torch.stack([local_scale, local_shift], dim=1).reshape(b, 2, ny, nx)
     maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=True)
     globally_aligned = (scale[:, None, None] * mono + shift[:, None, None]) / norm[:, None, None]
@@ -246,13 +324,14 @@ def lwlr_align(
     mono_depth: torch.Tensor,
     uv: torch.Tensor,
     sparse_depth: torch.Tensor,
-    bandwidth: float = 50.0,
+    bandwidth: float | None = None,
     ridge: float = 1.0,
     **options,
 ) -> torch.Tensor:
     """Metric depth [H, W] from a monocular depth [H, W], keypoints `uv` [K, 2] (x, y) and
-    their metric depths [K]. Options as `lwlr_align_batched` (grid_stride, outlier_threshold,
-    scale_ridge, space)."""
+    their metric depths [K]. `bandwidth` None chooses it from the keypoints (see
+    `lwlr_align_batched`). Options as `lwlr_align_batched` (grid_stride, outlier_threshold,
+    scale_ridge, space, robust_iterations)."""
     if mono_depth.dim() != 2:
         raise ValueError(f"lwlr_align: mono_depth must be [H, W], got {tuple(mono_depth.shape)}")
     if uv.dim() != 2 or sparse_depth.dim() != 1:
@@ -334,6 +413,28 @@ def absolute_relative_error(pred: torch.Tensor, true: torch.Tensor, mask: torch.
     if not bool(ok.any()):
         raise ValueError("absolute_relative_error: no valid pixel to compare")
     return float(((pred[ok] - true[ok]).abs() / true[ok]).mean())
+
+
+# Middlebury 2014 "motorcycle" as scikit-image ships it (downsampled 4x); calibration from
+# `skimage.data.stereo_motorcycle`'s docstring: depth = f B / (disparity + doffs)
+MOTORCYCLE_FOCAL_PX = 994.978
+MOTORCYCLE_BASELINE_M = 0.193001
+MOTORCYCLE_DOFFS_PX = 31.086
+
+
+def middlebury_motorcycle() -> tuple[np.ndarray, np.ndarray]:
+    """A real image [500, 741, 3] uint8 with its true z-depth in metres [500, 741] (NaN where
+    the benchmark has no ground truth), from scikit-image's copy of Middlebury 2014."""
+    try:
+        from skimage.data import stereo_motorcycle
+    except ImportError as err:  # the torch extra brings it
+        raise ImportError("middlebury_motorcycle needs scikit-image: pip install 'see3d-kit[torch]'") from err
+    left, _, disparity = stereo_motorcycle()
+    disparity = disparity.astype(np.float64)
+    known = np.isfinite(disparity)
+    depth = np.full(disparity.shape, np.nan)
+    depth[known] = MOTORCYCLE_FOCAL_PX * MOTORCYCLE_BASELINE_M / (disparity[known] + MOTORCYCLE_DOFFS_PX)
+    return left, depth
 
 
 # --- plots for the notebooks (matplotlib is imported lazily) ----------------------------------
