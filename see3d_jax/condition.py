@@ -41,89 +41,21 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
+from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
+    CONDITION_VARIANTS,
+    RELEASED_CONDITION,
+    ConditionConfig,
+    ConditionVariant,
+    MaskConfig,
+)
 from see3d_jax.schedules import NoiseSchedule, add_noise
 
-ConditionVariant = Literal["time_dependent", "masked", "posed_warp"]
-CONDITION_VARIANTS = ("time_dependent", "masked", "posed_warp")
 BLACK = -1.0  # black in the [-1, 1] pixel range
 
 
 # --- t' and W -----------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class MaskConfig:
-    """Random irregular hole masks for target views.
-
-    Each mask is the union of free-form strokes (polylines with round caps), axis-aligned boxes
-    and rotated ellipses, grown or shrunk together until the hole fraction equals a coverage
-    drawn uniformly from [min_coverage, max_coverage] (exactly, up to one pixel).
-    """
-
-    min_coverage: float = 0.15  # fraction of hole pixels (mask 0) per target view
-    max_coverage: float = 0.75
-    num_strokes: int = 3
-    stroke_vertices: int = 5
-    num_boxes: int = 2
-    num_ellipses: int = 2
-    shape_probability: float = 0.7  # each shape is present with this probability (the first stroke always)
-
-    def __post_init__(self):
-        if not 0.0 <= self.min_coverage <= self.max_coverage <= 1.0:
-            raise ValueError(
-                f"MaskConfig coverage: expected 0 <= min_coverage <= max_coverage <= 1, "
-                f"got {self.min_coverage}, {self.max_coverage}"
-            )
-        if self.num_strokes < 1 or self.stroke_vertices < 2 or self.num_boxes < 0 or self.num_ellipses < 0:
-            raise ValueError(
-                "MaskConfig: expected num_strokes >= 1, stroke_vertices >= 2, num_boxes >= 0, num_ellipses >= 0"
-            )
-
-
-@dataclasses.dataclass(frozen=True)
-class ConditionConfig:
-    """Everything that defines the visual condition. Defaults reproduce the released weights.
-
-    timestep_map: t' = f(t). "released": t // 5; "linear": floor(linear_ratio * t);
-        "sqrt": floor(sqrt_scale * sqrt(t)) (the paper's example); or a callable taking int32
-        t and returning int t'. Always clipped to [0, t].
-    weight: W as a function of t. "released": the piecewise schedule of SPEC.md section 2
-        (on t' = t // 5, whatever timestep_map says); "exponential":
-        exp(-exp_rate * (1 - t / (T-1))) (1 at t = T-1, decaying as t -> 0); or a callable
-        taking int32 t and returning W; always clipped to [0, 1].
-    min_references, max_references: how many of the N views of a training sample are clean
-        references (drawn uniformly per sample, at most N - 1).
-    """
-
-    variant: ConditionVariant = "time_dependent"
-    timestep_map: str | Callable[[jax.Array], jax.Array] = "released"
-    linear_ratio: float = 0.2
-    sqrt_scale: float = 1.0
-    weight: str | Callable[[jax.Array], jax.Array] = "released"
-    exp_rate: float = 5.0
-    num_train_timesteps: int = 1000
-    min_references: int = 1
-    max_references: int = 3
-    masks: MaskConfig = MaskConfig()
-
-    def __post_init__(self):
-        if self.variant not in CONDITION_VARIANTS:
-            raise ValueError(f"ConditionConfig.variant: expected one of {CONDITION_VARIANTS}, got {self.variant!r}")
-        if not callable(self.timestep_map) and self.timestep_map not in ("released", "linear", "sqrt"):
-            raise ValueError(
-                f"ConditionConfig.timestep_map: expected 'released', 'linear', 'sqrt' or a callable, got {self.timestep_map!r}"
-            )
-        if not callable(self.weight) and self.weight not in ("released", "exponential"):
-            raise ValueError(
-                f"ConditionConfig.weight: expected 'released', 'exponential' or a callable, got {self.weight!r}"
-            )
-        if not 1 <= self.min_references <= self.max_references:
-            raise ValueError(
-                f"ConditionConfig references: expected 1 <= min_references <= max_references, "
-                f"got {self.min_references}, {self.max_references}"
-            )
-
-
-RELEASED = ConditionConfig()
+RELEASED = RELEASED_CONDITION
 
 
 def condition_timestep(t: jax.Array, config: ConditionConfig = RELEASED) -> jax.Array:

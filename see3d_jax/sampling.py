@@ -31,66 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from see3d_core.diffusion import DDIMConfig, TimestepSpacing, ddim_timesteps, previous_timesteps  # defined once
 from see3d_jax.condition import RELEASED, ConditionConfig, visual_condition
-from see3d_jax.schedules import PREDICTION_TYPES, NoiseSchedule, PredictionType, split_prediction
+from see3d_jax.schedules import NoiseSchedule, split_prediction
 
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
 ModelFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Any], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class DDIMConfig:
-    """The sampler. Defaults follow the released base model (SPEC.md section 2): 50 trailing
-    steps, eta 0, v-prediction, guidance 2.0. Read `prediction_type` from the UNet config.
-
-    set_alpha_to_one: abar used after the last step (t_prev < 0): 1.0 if True, else abar_0.
-    steps_offset: added to "leading" timesteps (SD configs use 1).
-    clip_sample: clip x0_hat to [-clip_sample, clip_sample], None to not clip.
-    """
-
-    num_inference_steps: int = 50
-    timestep_spacing: TimestepSpacing = "trailing"
-    eta: float = 0.0
-    prediction_type: PredictionType = "v_prediction"
-    guidance_scale: float = 2.0
-    set_alpha_to_one: bool = True
-    steps_offset: int = 0
-    clip_sample: float | None = None
-
-    def __post_init__(self):
-        if self.timestep_spacing not in ("leading", "trailing", "linspace"):
-            raise ValueError(
-                f"DDIMConfig.timestep_spacing: expected 'leading', 'trailing' or 'linspace', got {self.timestep_spacing!r}"
-            )
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"DDIMConfig.prediction_type: expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"DDIMConfig.num_inference_steps: expected >= 1, got {self.num_inference_steps}")
-        if self.eta < 0:
-            raise ValueError(f"DDIMConfig.eta: expected >= 0, got {self.eta}")
-
-
-def ddim_timesteps(config: DDIMConfig, num_train_timesteps: int = 1000) -> np.ndarray:
-    """The decreasing int32 timesteps of the sampler (numpy, static), as diffusers computes them.
-
-    leading (1000, 50): 980, 960, ..., 0 (+ steps_offset); trailing: 999, 979, ..., 19;
-    linspace: round(linspace(0, T-1, n)) reversed.
-    """
-    n, T = config.num_inference_steps, num_train_timesteps
-    if n > T:
-        raise ValueError(f"DDIMConfig.num_inference_steps: {n} exceeds num_train_timesteps {T}")
-    if config.timestep_spacing == "leading":
-        steps = (np.arange(n) * (T // n)).round()[::-1] + config.steps_offset
-    elif config.timestep_spacing == "trailing":
-        steps = np.round(np.arange(T, 0, -T / n)) - 1
-    else:
-        steps = np.linspace(0, T - 1, n).round()[::-1]
-    return steps.astype(np.int32)
-
-
-def previous_timesteps(timesteps: np.ndarray, config: DDIMConfig, num_train_timesteps: int = 1000) -> np.ndarray:
-    """t_prev = t - T // n for each sampler timestep (negative means 'after the last step')."""
-    return (timesteps - num_train_timesteps // config.num_inference_steps).astype(np.int32)
 
 
 def ddim_step(
@@ -235,7 +180,7 @@ def sample(
         return x_prev, x_t
 
     final, trajectory = jax.lax.scan(
-        step, noise.initial, (jnp.asarray(timesteps), jnp.asarray(prev), noise.condition, noise.step)
+        step, noise.initial, (jnp.asarray(timesteps, jnp.int32), jnp.asarray(prev, jnp.int32), noise.condition, noise.step)
     )
     final = jnp.where(ref, condition_latents, final)
     return (final, trajectory) if return_trajectory else final

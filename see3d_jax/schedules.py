@@ -6,7 +6,7 @@ t in [0, T-1]. Forward process:
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                      (add_noise)
     v_t = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0                       (velocity)
 
-The tables are built once in numpy (float64, then stored as float32) so they equal diffusers'
+The tables are built once in numpy (float64, `see3d_core.diffusion`, then stored as float32) so they equal diffusers'
 `DDIMScheduler` tables to ~1e-7, and live in a small pytree (`NoiseSchedule`) that can be
 passed through `jax.jit`. Every function below takes integer timesteps `t` of shape [B]
 (or a scalar) and data of shape [B, ...] (e.g. [B, V, H, W, C]); the per-timestep
@@ -19,54 +19,18 @@ with zero-terminal-SNR rescaling: `make_noise_schedule(ScheduleConfig.see3d())`.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-BetaSchedule = Literal["scaled_linear", "linear", "cosine"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    """How to build the beta table (names and meanings as in diffusers' scheduler configs).
-
-    beta_schedule: "scaled_linear" (linear in sqrt(beta), Stable Diffusion), "linear" (DDPM) or
-        "cosine" (Nichol & Dhariwal's squared-cosine abar, betas capped at 0.999).
-    rescale_zero_terminal_snr: shift/scale sqrt(abar) so that abar_{T-1} = 0 exactly
-        (Lin et al. 2023, Algorithm 1); the released See3D sampler uses it.
-    """
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    beta_schedule: BetaSchedule = "scaled_linear"
-    rescale_zero_terminal_snr: bool = False
-
-    @classmethod
-    def see3d(cls) -> "ScheduleConfig":
-        """The schedule the released See3D weights expect (SPEC.md section 2)."""
-        return cls(rescale_zero_terminal_snr=True)
-
-    @classmethod
-    def from_diffusers_config(cls, config: dict) -> "ScheduleConfig":
-        """Read a diffusers `scheduler_config.json` dictionary (unknown keys are ignored)."""
-        if config.get("trained_betas") is not None:
-            raise ValueError("scheduler config: 'trained_betas' is not supported; expected a named beta_schedule")
-        schedule = config.get("beta_schedule", "linear")
-        if schedule == "squaredcos_cap_v2":
-            schedule = "cosine"
-        return cls(
-            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-            beta_start=float(config.get("beta_start", 0.0001)),
-            beta_end=float(config.get("beta_end", 0.02)),
-            beta_schedule=schedule,
-            rescale_zero_terminal_snr=bool(config.get("rescale_betas_zero_snr", False)),
-        )
+from see3d_core.diffusion import (  # the configs and the float64 tables are defined once, in see3d_core
+    PREDICTION_TYPES,
+    BetaSchedule,
+    PredictionType,
+    ScheduleConfig,
+    beta_table,
+)
 
 
 @jax.tree_util.register_dataclass
@@ -80,43 +44,6 @@ class NoiseSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.betas.shape[0])
-
-
-def beta_table(config: ScheduleConfig) -> np.ndarray:
-    """The betas [T] of `config` as float64 numpy (the exact table; see `make_noise_schedule`)."""
-    T = config.num_train_timesteps
-    if T < 2:
-        raise ValueError(f"num_train_timesteps: expected >= 2, got {T}")
-    if config.beta_schedule == "scaled_linear":
-        betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, T, dtype=np.float64) ** 2
-    elif config.beta_schedule == "linear":
-        betas = np.linspace(config.beta_start, config.beta_end, T, dtype=np.float64)
-    elif config.beta_schedule == "cosine":
-        def abar(s):
-            return np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        steps = np.arange(T, dtype=np.float64)
-        betas = np.minimum(1.0 - abar((steps + 1) / T) / abar(steps / T), 0.999)
-    else:
-        raise ValueError(
-            f"beta_schedule: expected 'scaled_linear', 'linear' or 'cosine', got {config.beta_schedule!r}"
-        )
-    if config.rescale_zero_terminal_snr:
-        betas = rescale_zero_terminal_snr(betas)
-    return betas
-
-
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Rescale betas so the last timestep has zero SNR (abar_{T-1} = 0) and abar_0 is unchanged.
-
-    Works on sqrt(abar): subtract its last value, then scale so the first value is restored.
-    """
-    sqrt_abar = np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
-    first, last = sqrt_abar[0], sqrt_abar[-1]
-    sqrt_abar = (sqrt_abar - last) * first / (first - last)
-    abar = sqrt_abar**2
-    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
-    return 1.0 - alphas
 
 
 def make_noise_schedule(config: ScheduleConfig = ScheduleConfig.see3d()) -> NoiseSchedule:

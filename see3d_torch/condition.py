@@ -26,47 +26,18 @@ from typing import Callable, Literal
 
 import torch
 
+from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
+    CONDITION_VARIANTS,
+    RELEASED_CONDITION,
+    ConditionConfig,
+    ConditionVariant,
+)
 from see3d_torch.schedules import add_noise
 
-ConditionVariant = Literal["time_dependent", "masked", "posed_warp"]
-CONDITION_VARIANTS = ("time_dependent", "masked", "posed_warp")
 BLACK = -1.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ConditionConfig:
-    """The condition's schedules; the same fields and meanings as in `see3d_jax.condition`
-    (only those that matter at inference). Defaults reproduce the released weights.
-
-    timestep_map: "released" (t // 5), "linear" (floor(linear_ratio t)), "sqrt"
-        (floor(sqrt_scale sqrt(t))) or a callable on int64 t; clipped to [0, t].
-    weight: "released" (piecewise on t // 5), "exponential" (exp(-exp_rate (1 - t/(T-1)))) or
-        a callable on int64 t; clipped to [0, 1].
-    variant: "masked" uses the clean (warped) condition without noise or mixing.
-    """
-
-    variant: ConditionVariant = "time_dependent"
-    timestep_map: str | Callable[[torch.Tensor], torch.Tensor] = "released"
-    linear_ratio: float = 0.2
-    sqrt_scale: float = 1.0
-    weight: str | Callable[[torch.Tensor], torch.Tensor] = "released"
-    exp_rate: float = 5.0
-    num_train_timesteps: int = 1000
-
-    def __post_init__(self):
-        if self.variant not in CONDITION_VARIANTS:
-            raise ValueError(f"ConditionConfig.variant: expected one of {CONDITION_VARIANTS}, got {self.variant!r}")
-        if not callable(self.timestep_map) and self.timestep_map not in ("released", "linear", "sqrt"):
-            raise ValueError(
-                f"ConditionConfig.timestep_map: expected 'released', 'linear', 'sqrt' or a callable, got {self.timestep_map!r}"
-            )
-        if not callable(self.weight) and self.weight not in ("released", "exponential"):
-            raise ValueError(
-                f"ConditionConfig.weight: expected 'released', 'exponential' or a callable, got {self.weight!r}"
-            )
-
-
-RELEASED = ConditionConfig()
+RELEASED = RELEASED_CONDITION
 
 
 def condition_timestep(t: torch.Tensor, config: ConditionConfig = RELEASED) -> torch.Tensor:

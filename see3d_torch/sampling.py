@@ -19,55 +19,10 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from see3d_core.diffusion import DDIMConfig, TimestepSpacing, ddim_timesteps  # defined once
 from see3d_torch.condition import RELEASED, ConditionConfig, visual_condition
-from see3d_torch.schedules import PREDICTION_TYPES, PredictionType
 
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
-
-
-@dataclasses.dataclass(frozen=True)
-class DDIMConfig:
-    """The sampler; the same fields and defaults as `see3d_jax.sampling.DDIMConfig` (released
-    base model: 50 trailing steps, eta 0, v-prediction, guidance 2.0). The scheduler-level
-    fields (spacing, prediction type, final alpha, offset, clipping) go into the diffusers
-    scheduler through `see3d_torch.schedules.make_ddim_scheduler`."""
-
-    num_inference_steps: int = 50
-    timestep_spacing: TimestepSpacing = "trailing"
-    eta: float = 0.0
-    prediction_type: PredictionType = "v_prediction"
-    guidance_scale: float = 2.0
-    set_alpha_to_one: bool = True
-    steps_offset: int = 0
-    clip_sample: float | None = None
-
-    def __post_init__(self):
-        if self.timestep_spacing not in ("leading", "trailing", "linspace"):
-            raise ValueError(
-                f"DDIMConfig.timestep_spacing: expected 'leading', 'trailing' or 'linspace', got {self.timestep_spacing!r}"
-            )
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"DDIMConfig.prediction_type: expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"DDIMConfig.num_inference_steps: expected >= 1, got {self.num_inference_steps}")
-        if self.eta < 0:
-            raise ValueError(f"DDIMConfig.eta: expected >= 0, got {self.eta}")
-
-    @classmethod
-    def from_scheduler(cls, scheduler, **overrides) -> "DDIMConfig":
-        """The scheduler-level fields read from a (loaded) DDIMScheduler's config; the
-        per-run fields (steps, eta, guidance) from `overrides` or the defaults."""
-        c = scheduler.config
-        fields = dict(
-            timestep_spacing=c.timestep_spacing,
-            prediction_type=c.prediction_type,
-            set_alpha_to_one=bool(c.set_alpha_to_one),
-            steps_offset=int(c.steps_offset),
-            clip_sample=float(c.clip_sample_range) if c.clip_sample else None,
-        )
-        fields.update(overrides)
-        return cls(**fields)
 
 
 def _check_scheduler(scheduler, config: DDIMConfig) -> None:
@@ -157,9 +112,13 @@ def sample(
     """
     _check_scheduler(scheduler, config)
     scheduler.set_timesteps(config.num_inference_steps)
-    if noise.condition.shape[0] != len(scheduler.timesteps):
+    timesteps = ddim_timesteps(config, scheduler.config.num_train_timesteps)
+    if not config.released_timesteps and not (timesteps == scheduler.timesteps.cpu().numpy()).all():
+        raise ValueError(f"sample: the scheduler's timesteps {scheduler.timesteps.tolist()} differ from the config's {timesteps.tolist()}")
+    if noise.condition.shape[0] != len(timesteps):
         raise ValueError(
-            f"sample: noise has {noise.condition.shape[0]} steps, the sampler runs {len(scheduler.timesteps)}"
+            f"sample: noise has {noise.condition.shape[0]} steps, the sampler runs {len(timesteps)} "
+            "(draw it with SamplerNoise.draw(generator, num_sampler_steps(config), shape))"
         )
     if condition_latents.shape != noise.initial.shape:
         raise ValueError(f"sample: condition_latents {tuple(condition_latents.shape)} and noise {tuple(noise.initial.shape)} differ")
@@ -167,7 +126,7 @@ def sample(
     batch = condition_latents.shape[0]
     x_t = noise.initial
     trajectory = []
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(timesteps.tolist()):  # diffusers' step() moves each by T // n, whatever the list
         x_t = torch.where(ref, condition_latents, x_t)
         trajectory.append(x_t)
         t_batch = torch.full((batch,), int(t), dtype=torch.long, device=x_t.device)

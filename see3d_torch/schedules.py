@@ -13,37 +13,14 @@ timesteps `t` of shape [B] (or a scalar) and tensors [B, ...] (e.g. [B, V, C, H,
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
-
 import torch
 
-BetaSchedule = Literal["scaled_linear", "linear", "cosine"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_DIFFUSERS_BETA_NAMES = {"scaled_linear": "scaled_linear", "linear": "linear", "cosine": "squaredcos_cap_v2"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    """How to build the beta table; the same fields as `see3d_jax.schedules.ScheduleConfig`."""
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    beta_schedule: BetaSchedule = "scaled_linear"
-    rescale_zero_terminal_snr: bool = False
-
-    @classmethod
-    def see3d(cls) -> "ScheduleConfig":
-        """The schedule the released See3D weights expect (SPEC.md section 2)."""
-        return cls(rescale_zero_terminal_snr=True)
-
-    def __post_init__(self):
-        if self.beta_schedule not in _DIFFUSERS_BETA_NAMES:
-            raise ValueError(
-                f"beta_schedule: expected 'scaled_linear', 'linear' or 'cosine', got {self.beta_schedule!r}"
-            )
+from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
+    PREDICTION_TYPES,
+    BetaSchedule,
+    PredictionType,
+    ScheduleConfig,
+)
 
 
 def make_ddim_scheduler(schedule: ScheduleConfig = ScheduleConfig.see3d(), sampler=None):
@@ -55,11 +32,7 @@ def make_ddim_scheduler(schedule: ScheduleConfig = ScheduleConfig.see3d(), sampl
 
     sampler = sampler or DDIMConfig()
     return DDIMScheduler(
-        num_train_timesteps=schedule.num_train_timesteps,
-        beta_start=schedule.beta_start,
-        beta_end=schedule.beta_end,
-        beta_schedule=_DIFFUSERS_BETA_NAMES[schedule.beta_schedule],
-        rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr,
+        **schedule.to_diffusers_kwargs(),
         prediction_type=sampler.prediction_type,
         timestep_spacing=sampler.timestep_spacing,
         set_alpha_to_one=sampler.set_alpha_to_one,
