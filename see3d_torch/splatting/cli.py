@@ -1,9 +1,15 @@
-"""`see3d-reconstruct IMAGES_DIR --cameras cameras.json --out DIR`: Gaussian Splatting from posed views.
+"""`see3d-reconstruct INPUT --out DIR`: Gaussian Splatting of posed views, a COLMAP workspace, photos or a video.
 
-IMAGES_DIR holds the views (png/jpg, taken in sorted file-name order); cameras.json is a kit
-trajectory file with one camera per image, in the same order (or a RealEstate10K .txt).
-Optional depth maps (`--depths DIR` of .npy z-depth files, same order) drive the
-initialisation; otherwise Gaussians start at random.
+INPUT is one of
+- a folder of views (png/jpg, sorted file-name order) with `--cameras cameras.json` (a kit
+  trajectory file with one camera per image, in the same order, or a RealEstate10K .txt);
+- a COLMAP workspace (`sparse/0` and `images/`); distorted camera models are undistorted into
+  `DIR/colmap/undistorted`;
+- a folder of photos without cameras, or a video file: `--max-frames` images spread evenly,
+  shrunk to `--max-side`, posed by pycolmap structure from motion, which writes its COLMAP
+  workspace to `DIR/colmap` (the cameras also go to `DIR/cameras.json`).
+Gaussians start at the SfM points when there are any, else at the `--depths` (a folder of .npy
+z-depth maps, same order), else at random in the cameras' view.
 """
 
 from __future__ import annotations
@@ -14,24 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+from see3d_torch.splatting.capture import load_images  # noqa: F401  (the demo reads its views with it)
 
-
-def load_images(folder: Path) -> tuple[list[np.ndarray], list[Path]]:
-    import cv2
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"images folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"{folder}: no .png/.jpg images")
-    images = []
-    for p in paths:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{p}: cannot read the image")
-        images.append(bgr[..., ::-1].astype(np.float32) / 255.0)
-    return images, paths
+DEFAULT_SFM_MAX_SIDE = 320  # frames the kit poses itself: a CPU-sized default
 
 
 def load_depths(folder: Path, count: int) -> list[np.ndarray]:
@@ -43,8 +34,15 @@ def load_depths(folder: Path, count: int) -> list[np.ndarray]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="see3d-reconstruct", description=__doc__.split("\n\n")[0])
-    p.add_argument("images", type=Path, help="folder of views (png/jpg, sorted by name)")
-    p.add_argument("--cameras", type=Path, required=True, help="cameras.json (kit trajectory JSON) or RealEstate10K .txt")
+    p.add_argument("input", type=Path, help="folder of views (with --cameras), COLMAP workspace, folder of photos, or video")
+    p.add_argument("--cameras", type=Path, help="cameras.json (kit trajectory JSON) or RealEstate10K .txt for a folder of views")
+    p.add_argument("--max-frames", type=int, default=40,
+                   help="videos and photos without cameras: at most this many images, spread evenly (default 40)")
+    p.add_argument("--max-side", type=int,
+                   help="shrink images so that their longer side is at most this (cameras are rescaled to match); "
+                        f"default {DEFAULT_SFM_MAX_SIDE} for videos and photos without cameras, else the images' size")
+    p.add_argument("--sfm-matcher", default="exhaustive", choices=["exhaustive", "sequential"],
+                   help="structure from motion: match every pair, or each image with its 10 neighbours (long videos)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--depths", type=Path, help="folder of .npy z-depth maps, one per image (depth initialisation)")
     p.add_argument("--steps", type=int, default=1000)
@@ -84,27 +82,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from see3d_core import trajectories
+    from see3d_torch.splatting.capture import load_capture
+    from see3d_torch.splatting.colmap import SfMConfig, find_sparse_model
     from see3d_torch.splatting.export import export_reconstruction
     from see3d_torch.splatting.reconstruct import reconstruct
 
     try:
-        images, paths = load_images(args.images)
-        height, width = images[0].shape[:2]
-        cameras = trajectories.load(args.cameras, width, height)
-        if len(cameras) != len(images):
-            raise ValueError(f"{args.cameras}: {len(cameras)} cameras for {len(images)} images in {args.images}")
+        max_side = args.max_side
+        needs_sfm = args.cameras is None and (args.input.is_file() or find_sparse_model(args.input) is None)
+        if max_side is None and needs_sfm:
+            max_side = DEFAULT_SFM_MAX_SIDE
+        capture = load_capture(args.input, cameras_file=args.cameras, workspace=args.out / "colmap",
+                               max_frames=args.max_frames, max_side=max_side, sfm_config=SfMConfig(matcher=args.sfm_matcher))
+        if capture.source != "cameras":
+            print(f"cameras: {len(capture.cameras)} from {capture.source} ({capture.workspace}), "
+                  f"{len(capture.points)} SfM points, f = {capture.cameras[0].K[0, 0]:.1f} px at "
+                  f"{capture.cameras[0].width}x{capture.cameras[0].height}")
+        images, cameras = capture.images, capture.cameras
         depths = load_depths(args.depths, len(images)) if args.depths else None
         eval_views = tuple(range(args.holdout_every - 1, len(images), args.holdout_every)) if args.holdout_every > 0 else ()
         result = reconstruct(
-            images, cameras, depths,
+            images, cameras, depths, points=capture.points, point_colors=capture.point_colors,
             steps=args.steps, time_limit_s=args.time_limit, sh_degree=args.sh_degree, init_points=args.init_points,
             lpips_weight=args.lpips_weight, depth_weight=args.depth_weight, refine_cameras=args.refine_cameras,
             camera_refinement_method=args.camera_method,
             exposure_compensation=args.exposure, eval_views=eval_views, eval_every=args.eval_every,
             device=args.device, backend=args.backend, seed=args.seed,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"see3d-reconstruct: error: {e}", file=sys.stderr)
         return 2
     written = export_reconstruction(result, args.out, flythrough_frames=args.video_frames,

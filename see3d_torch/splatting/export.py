@@ -10,7 +10,9 @@ Layout of `out_dir`:
     depth/view_000.npy     the expected depth itself (float32, z-depth)
     flythrough.mp4         renders along a smooth path through the cameras
     mesh.ply               a coloured surface mesh fused from the rendered depths (`mesh.py`)
-    metrics.json           evaluations on held-out views, final loss, counts, timings, the camera refinement run
+    metrics.json           `held_out` {psnr, ssim, lpips, views}: the final evaluation on the held-out
+                           views (when any); every evaluation, final loss, counts, timings, the
+                           camera refinement run
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     image = rgb if rgb.dtype == np.uint8 else (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
     if not cv2.imwrite(str(path), image[..., ::-1]):
         raise OSError(f"cannot write {path}")
+
+
+def held_out_summary(reconstruction) -> dict | None:
+    """The final evaluation on the held-out views: {psnr, ssim, lpips, views}, None without any."""
+    if not reconstruction.eval_views or not reconstruction.evaluations:
+        return None
+    final = reconstruction.evaluations[-1]
+    return {**{k: final[k] for k in ("psnr", "ssim", "lpips") if k in final}, "views": list(reconstruction.eval_views)}
 
 
 def export_reconstruction(
@@ -91,6 +101,7 @@ def export_reconstruction(
         "final_loss": reconstruction.history[-1]["loss"] if reconstruction.history else None,
         "train_views": reconstruction.train_views,
         "eval_views": reconstruction.eval_views,
+        "held_out": held_out_summary(reconstruction),
         "evaluations": reconstruction.evaluations,
         "densification": reconstruction.densification,
         "exposure": reconstruction.exposure,

@@ -28,6 +28,18 @@ SH_C0 = 0.28209479177387814
 PARAMETER_NAMES = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")
 
 
+def nearest_neighbour_radii(points: np.ndarray, neighbours: int = 3) -> np.ndarray:
+    """RMS distance of every point [N, 3] to its `neighbours` nearest others (0 distances ignored
+    by a floor at 1e-7 of the points' extent)."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    k = min(neighbours, len(points) - 1)
+    distances, _ = cKDTree(points).query(points, k=k + 1)  # the first neighbour is the point itself
+    extent = float(np.ptp(points, axis=0).max()) or 1.0
+    return np.maximum(np.sqrt((distances[:, 1:] ** 2).mean(1)), 1e-7 * extent)
+
+
 def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
     """The DC coefficient that renders as `rgb` (colour = SH_C0 * sh0 + 0.5)."""
     return (rgb - 0.5) / SH_C0
@@ -178,16 +190,39 @@ class Gaussians:
         return cls.from_points(points[keep], colors[keep], radii[keep], sh_degree, opacity, seed)
 
     @classmethod
-    def random(
-        cls, num: int, center: Sequence[float], extent: float, sh_degree: int = 0, opacity: float = 0.1, seed: int = 0
+    def from_sfm_points(
+        cls, points: np.ndarray, colors: np.ndarray, sh_degree: int = 0, opacity: float = 0.1, seed: int = 0
     ) -> "Gaussians":
-        """`num` Gaussians uniformly in a cube of half-width `extent` around `center`, random
-        colours, radii from the mean spacing of the points."""
-        if num < 1 or extent <= 0:
-            raise ValueError(f"random init needs num >= 1 and extent > 0, got {num} and {extent}")
+        """Gaussians at structure-from-motion points [N, 3] with their RGB `colors` [N, 3] in
+        [0, 1]; each radius is the RMS distance to its 3 nearest neighbours (as 3DGS)."""
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) < 2:
+            raise ValueError(f"from_sfm_points needs at least 2 points [N, 3], got shape {points.shape}")
+        return cls.from_points(points, colors, nearest_neighbour_radii(points), sh_degree, opacity, seed)
+
+    @classmethod
+    def in_frustums(
+        cls, num: int, cameras: Sequence[Camera], near: float, far: float, sh_degree: int = 0, opacity: float = 0.1,
+        seed: int = 0,
+    ) -> "Gaussians":
+        """`num` Gaussians with random colours spread uniformly over the volume the cameras see
+        between z-depths `near` and `far` (each camera's frustum in turn, a random pixel, a depth
+        with density proportional to z^2); radii from the spacing of `num` points in one frustum
+        (the frustums of a capture mostly overlap)."""
+        if num < 1 or not 0 < near < far:
+            raise ValueError(f"in_frustums needs num >= 1 and 0 < near < far, got {num}, {near}, {far}")
+        if not cameras:
+            raise ValueError("in_frustums needs at least one camera")
         rng = np.random.default_rng(seed)
-        points = np.asarray(center, dtype=np.float64) + rng.uniform(-extent, extent, size=(num, 3))
-        spacing = 2 * extent / num ** (1 / 3)
+        which = rng.integers(0, len(cameras), num)
+        z = (near**3 + rng.uniform(0, 1, num) * (far**3 - near**3)) ** (1 / 3)
+        points = np.empty((num, 3))
+        for i, cam in enumerate(cameras):
+            mine = which == i
+            uv = rng.uniform([-0.5, -0.5], [cam.width - 0.5, cam.height - 0.5], size=(int(mine.sum()), 2))
+            points[mine] = cam.unproject(uv, z[mine])
+        volume = np.mean([c.width * c.height / (c.K[0, 0] * c.K[1, 1]) for c in cameras]) * (far**3 - near**3) / 3
+        spacing = (volume / num) ** (1 / 3)
         return cls.from_points(points, rng.uniform(0, 1, (num, 3)), np.full(num, 0.5 * spacing), sh_degree, opacity, seed)
 
     # --- PLY --------------------------------------------------------------------------------------

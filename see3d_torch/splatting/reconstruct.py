@@ -2,8 +2,10 @@
 
 `reconstruct(images, cameras, depths=None, **options)` fits 3D Gaussians to the views:
 
-- initialisation from the depth maps (one Gaussian per sampled pixel, unprojected) or, without
-  depths, random Gaussians in the cameras' region;
+- initialisation from structure-from-motion points with their colours (`points`,
+  `point_colors`, e.g. from a COLMAP workspace), else from the depth maps (one Gaussian per
+  sampled pixel, unprojected, as for generated views), else random Gaussians in the volume the
+  cameras see (`Gaussians.in_frustums`);
 - Adam per parameter group with gsplat's defaults (means' rate scaled by the scene size and
   decayed 100x over the run);
 - loss `(1 - l) L1 + l (1 - SSIM) + w_lpips LPIPS [+ w_depth |D - D_given|]` with l = 0.2
@@ -57,8 +59,12 @@ class ReconstructionConfig:
     # CPU renderer runs many small ops: on a busy machine 1 thread is much faster than 2
     num_threads: int | None = None
     # initialisation
-    init: str = "auto"  # "depth" (needs depths), "random", or "auto" (depth when given)
-    init_points: int = 30_000
+    # "points" (SfM points, needs points), "depth" (needs depths), "random", or "auto": points
+    # when given, else depths when given, else random
+    init: str = "auto"
+    init_points: int = 30_000  # depth and random init: the number of Gaussians (SfM points are all used)
+    # random init: Gaussians between these z-depths (times the scene scale) in the cameras' frustums
+    random_init_depths: tuple[float, float] = (0.05, 2.0)
     init_views: tuple[int, ...] | None = None  # depth init: views whose depths are used (default: all trained)
     init_opacity: float = 0.5
     init_footprint_px: float = 1.0  # depth init: Gaussian radius in pixels at its depth
@@ -123,8 +129,11 @@ class ReconstructionConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.init not in ("auto", "depth", "random"):
-            raise ValueError(f"init must be 'auto', 'depth' or 'random', got {self.init!r}")
+        if self.init not in ("auto", "points", "depth", "random"):
+            raise ValueError(f"init must be 'auto', 'points', 'depth' or 'random', got {self.init!r}")
+        near, far = self.random_init_depths
+        if not 0 < near < far:
+            raise ValueError(f"random_init_depths must be (near, far) with 0 < near < far, got {self.random_init_depths}")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
         if not 0.0 <= self.ssim_weight <= 1.0:
@@ -271,7 +280,7 @@ def _evenly_spaced(total: int, count: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.linspace(0, total, min(count, total), endpoint=False))
 
 
-def _alternate_scene_and_poses(images: torch.Tensor, cameras: list[Camera], depths, config: ReconstructionConfig) -> list[Camera]:
+def _alternate_scene_and_poses(images: torch.Tensor, cameras: list[Camera], depths, points, config: ReconstructionConfig) -> list[Camera]:
     """Block-coordinate pose refinement, one round per `config.camera_round_downscales` entry:
     train a scene on the (shrunk) views with the current poses held fixed, register every pose
     alone against it, and align the poses back onto the given ones (the gauge). A scene trained
@@ -293,7 +302,7 @@ def _alternate_scene_and_poses(images: torch.Tensor, cameras: list[Camera], dept
             init_views=init_views if depths is not None else None, refine_cameras=False, exposure_compensation=False,
             lpips_weight=0.0, eval_views=(), progress=False,
         )
-        scene = _reconstruct(small_images.numpy(), small_cameras, small_depths, round_config)
+        scene = _reconstruct(small_images.numpy(), small_cameras, small_depths, round_config, points)
         registered = register_cameras(scene.gaussians, small_images, small_cameras, config.camera_registration_iters, lr, config)
         cameras = align_cameras([Camera(c.K, r.c2w, c.width, c.height) for c, r in zip(cameras, registered)], given)
         lr *= config.camera_registration_lr_decay
@@ -305,9 +314,14 @@ def reconstruct(
     cameras: Sequence[Camera],
     depths: Sequence[np.ndarray] | None = None,
     config: ReconstructionConfig | None = None,
+    *,
+    points: np.ndarray | None = None,
+    point_colors: np.ndarray | None = None,
     **options: Any,
 ) -> Reconstruction:
-    """Fit 3D Gaussians to posed views. `options` override fields of `ReconstructionConfig`."""
+    """Fit 3D Gaussians to posed views. `points` [N, 3] and `point_colors` [N, 3] in [0, 1]
+    (structure-from-motion points, e.g. `capture.load_capture(...).points`) initialise the
+    Gaussians when given. `options` override fields of `ReconstructionConfig`."""
     if config is None:
         config = ReconstructionConfig(**options)
     elif options:
@@ -316,12 +330,31 @@ def reconstruct(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        return _reconstruct(images, cameras, depths, config)
+        return _reconstruct(images, cameras, depths, config, _checked_points(points, point_colors))
     finally:
         torch.set_num_threads(threads)
 
 
-def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Reconstruction:
+def _checked_points(points, point_colors) -> tuple[np.ndarray, np.ndarray] | None:
+    if points is None and point_colors is None:
+        return None
+    if points is None:
+        raise ValueError("point_colors given without points")
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) < 2:
+        raise ValueError(f"points must be [N, 3] with N >= 2, got shape {points.shape}")
+    if point_colors is None:
+        point_colors = np.full_like(points, 0.5)
+    point_colors = np.asarray(point_colors, dtype=np.float32)
+    if point_colors.shape != points.shape:
+        raise ValueError(f"point_colors must be [N, 3] like points {points.shape}, got {point_colors.shape}")
+    if point_colors.min() < 0 or point_colors.max() > 1:
+        raise ValueError("point_colors must be in [0, 1]")
+    finite = np.isfinite(points).all(1)
+    return points[finite], point_colors[finite]
+
+
+def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=None) -> Reconstruction:
     start_time = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
@@ -372,14 +405,20 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
     if photometric_poses and config.camera_round_downscales:
         registered = _alternate_scene_and_poses(
             images_t[train_views], [cameras[i] for i in train_views],
-            [depths[i] for i in train_views] if depths is not None else None, config,
+            [depths[i] for i in train_views] if depths is not None else None, points, config,
         )
         for view, cam in zip(train_views, registered):
             cameras[view] = cam
 
     scale = scene_scale([cameras[i] for i in train_views])
-    init = config.init if config.init != "auto" else ("depth" if depths is not None else "random")
-    if init == "depth":
+    init = config.init
+    if init == "auto":
+        init = "points" if points is not None else "depth" if depths is not None else "random"
+    if init == "points":
+        if points is None:
+            raise ValueError("init='points' needs points (structure-from-motion points)")
+        gaussians = Gaussians.from_sfm_points(points[0], points[1], config.sh_degree, config.init_opacity, config.seed)
+    elif init == "depth":
         if depths is None:
             raise ValueError("init='depth' needs depths")
         if config.init_views is not None:
@@ -396,8 +435,9 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig) -> Recon
             opacity=config.init_opacity, seed=config.seed,
         )
     else:
-        centres = np.stack([cameras[i].center for i in train_views])
-        gaussians = Gaussians.random(config.init_points, centres.mean(0), 2.0 * scale, config.sh_degree, 0.1, config.seed)
+        near, far = config.random_init_depths
+        gaussians = Gaussians.in_frustums(config.init_points, [cameras[i] for i in train_views], near * scale, far * scale,
+                                          config.sh_degree, 0.1, config.seed)
     gaussians = gaussians.to(device)
 
     params = {name: nn.Parameter(t.clone()) for name, t in gaussians.tensors().items()}
