@@ -102,7 +102,8 @@ class Trainer:
         self.condition_config = condition_config(config)
         self.tx, self.lr = make_optimizer(config)
         dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-        abstract = nnx.eval_shape(lambda: UNet(config.unet, dtype=dtype, remat=config.remat, attention=config.attention))
+        abstract = nnx.eval_shape(lambda: UNet(config.unet, dtype=dtype, remat=config.remat,
+                                                  attention_implementation=config.attention_implementation))
         self.graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
         if jax.tree.leaves(rest):
             raise AssertionError("UNet holds state other than parameters; the train state would miss it")

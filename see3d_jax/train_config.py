@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from see3d_core import unet_config
 from see3d_core.unet_config import UNetConfig
+from see3d_jax.attention import check_implementation
 from see3d_jax.sharding import DEFAULT_RULES, LogicalRules
 
 
@@ -59,7 +60,8 @@ class TrainConfig:
     # numerics and layout
     compute_dtype: str = "float32"  # or "bfloat16"; parameters are always float32
     remat: str = "none"  # see see3d_jax.unet.REMAT_POLICIES
-    attention: str | None = None  # jax.nn.dot_product_attention implementation (None: best)
+    # see3d_jax.attention.IMPLEMENTATIONS; "auto": cuDNN flash (GPU), Pallas (TPU), blockwise (elsewhere)
+    attention_implementation: str = "auto"
     mesh_data: int = -1  # -1: all devices not used by fsdp/tensor
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
@@ -84,6 +86,7 @@ class TrainConfig:
             raise ValueError("TrainConfig.cache_latents needs a latent model (unet.pixel_space=false) and vae=FOLDER")
         if self.hole_loss_weight < 0:
             raise ValueError(f"TrainConfig.hole_loss_weight must be >= 0, got {self.hole_loss_weight}")
+        check_implementation(self.attention_implementation, "TrainConfig.attention_implementation")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 

@@ -12,8 +12,10 @@ context ``[B, T, context_dim]``; it returns ``[B, V, H, W, out_channels]``.
 
 3D self-attention: in every transformer block the first attention sees the tokens of all
 views of a sample, ``(B*V, HW, C) -> (B, V*HW, C)``; cross-attention and the GEGLU
-feed-forward act per view. Attention goes through `jax.nn.dot_product_attention` (cuDNN flash
-attention where it applies on GPU, XLA otherwise).
+feed-forward act per view. Attention goes through `see3d_jax.attention.dot_product_attention`
+(`attention_implementation`: "auto" picks cuDNN flash attention on NVIDIA GPUs, the Pallas
+kernel on TPU, and a memory-efficient blockwise attention elsewhere, so the 3D attention never
+materialises its [V*HW, V*HW] scores).
 
 Precision: parameters are float32; `dtype` sets the compute dtype (bfloat16 or float32);
 norms and the timestep embedding are computed in float32.
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from see3d_core.unet_config import UNetConfig
+from see3d_jax.attention import check_implementation, dot_product_attention
 from see3d_jax.sharding import constrain
 
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
@@ -132,7 +135,7 @@ class ResBlock(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head attention; `to_q/to_k/to_v` have no bias (as released)."""
 
-    def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, dtype, rngs: nnx.Rngs, implementation: str | None):
+    def __init__(self, query_dim: int, context_dim: int, heads: int, head_dim: int, dtype, rngs: nnx.Rngs, implementation: str):
         inner = heads * head_dim
         self.heads, self.head_dim, self.implementation = heads, head_dim, implementation
         self.to_q = linear(query_dim, inner, ("embed", "heads"), rngs, dtype=dtype, use_bias=False)
@@ -145,7 +148,7 @@ class Attention(nnx.Module):
         split = lambda a: a.reshape(a.shape[0], a.shape[1], self.heads, self.head_dim)  # noqa: E731
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        out = dot_product_attention(q, k, v, implementation=self.implementation)
         out = out.reshape(out.shape[0], out.shape[1], self.heads * self.head_dim)
         for layer in self.to_out:
             out = layer(out)
@@ -256,20 +259,19 @@ def _apply_layers(layers, h, emb, context, num_views: int):
 class UNet(nnx.Module):
     """The multi-view UNet. `seed` draws the initial parameters (`initial_parameters`; nothing
     is drawn under `nnx.eval_shape`); `dtype` is the compute dtype; `remat` one of
-    `REMAT_POLICIES`; `attention` the `jax.nn.dot_product_attention` implementation (None =
-    best available)."""
+    `REMAT_POLICIES`; `attention_implementation` one of `see3d_jax.attention.IMPLEMENTATIONS`."""
 
-    def __init__(self, config: UNetConfig, *, seed: int = 0, dtype: Any = jnp.float32, remat: str = "none", attention: str | None = None):
+    def __init__(self, config: UNetConfig, *, seed: int = 0, dtype: Any = jnp.float32, remat: str = "none",
+                 attention_implementation: str = "auto"):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"UNet: remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-        if attention not in (None, "xla", "cudnn"):
-            raise ValueError(f"UNet: attention must be None, 'xla' or 'cudnn', got {attention!r}")
+        check_implementation(attention_implementation, "UNet")
         cfg = self.config = config
         self.dtype, self.remat = dtype, remat
         rngs = nnx.Rngs(0)  # unused by the shape-only initialisers; see `initial_parameters`
         mc, ted = cfg.model_channels, cfg.time_embed_dim
         block = lambda *a: nnx.List(list(a))  # noqa: E731
-        st = lambda ch: SpatialTransformer(ch, cfg, dtype, rngs, attention)  # noqa: E731
+        st = lambda ch: SpatialTransformer(ch, cfg, dtype, rngs, attention_implementation)  # noqa: E731
         res = lambda i, o: ResBlock(i, ted, o, cfg, dtype, rngs)  # noqa: E731
 
         self.time_embed = nnx.List([
@@ -470,7 +472,7 @@ def save_weights(params: dict, config: UNetConfig, directory):
     return directory
 
 
-def load_weights(directory, *, dtype: Any = jnp.float32, remat: str = "none", attention: str | None = None) -> UNet:
+def load_weights(directory, *, dtype: Any = jnp.float32, remat: str = "none", attention_implementation: str = "auto") -> UNet:
     """Build the UNet described by `directory/config.json` and load its safetensors weights."""
     from pathlib import Path
 
@@ -481,7 +483,7 @@ def load_weights(directory, *, dtype: Any = jnp.float32, remat: str = "none", at
     if not weights.is_file():
         raise FileNotFoundError(f"UNet weights {weights} do not exist (expected config.json and {WEIGHTS_FILE})")
     config = UNetConfig.load(directory)
-    model = nnx.eval_shape(lambda: UNet(config, dtype=dtype, remat=remat, attention=attention))
+    model = nnx.eval_shape(lambda: UNet(config, dtype=dtype, remat=remat, attention_implementation=attention_implementation))
     tensors = load_file(str(weights))
     params = nnx.state(model, nnx.Param)
     expected = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}

@@ -142,3 +142,24 @@ def test_config_round_trip_and_validation(tmp_path):
         UNetConfig.from_dict({"channels": 3})
     with pytest.raises(ValueError, match="unknown UNet preset"):
         unet_config.preset("huge")
+
+
+def test_blockwise_3d_attention_gives_the_xla_output_and_gradients(tiny_model):
+    # 32x32 inputs: 3 views x 16x16 tokens = 768 tokens in the 3D attention, two key blocks of
+    # 512 (the second padded). Each attention op is within gamma(2L + 8) = 9e-5 relative of exact
+    # attention in float32 (tests/test_attention.py): the whole UNet must agree to that scale.
+    x, t, ctx = _inputs(b=1, s=32)
+    params = nnx.state(tiny_model, nnx.Param)
+    outputs = {}
+    for impl in ("xla", "blockwise"):
+        model = UNet(TINY, attention_implementation=impl)
+        nnx.update(model, params)
+        graphdef, state = nnx.split(model)
+        fn = lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x, t[:1], ctx[:1]) ** 2)  # noqa: E731
+        outputs[impl] = (apply(model, x, t[:1], ctx[:1]), jax.jit(jax.grad(fn, argnums=1))(state, x))
+    n = 2 * 768 + 8
+    tolerance = n * 2.0**-24 / (1 - n * 2.0**-24)
+    for ref, got in zip(outputs["xla"], outputs["blockwise"]):
+        assert float(jnp.abs(got - ref).max()) <= tolerance * float(jnp.abs(ref).max())
+    with pytest.raises(ValueError, match="attention implementation must be one of"):
+        UNet(TINY, attention_implementation="flash")
