@@ -1,22 +1,37 @@
 """The See3D pipeline on the released weights (torch): warped views + masks in, generated views out.
 
-Loads a folder in the released layout (`see3d_core.released_layout`) with local files only
-and runs the inference of SPEC.md section 2:
+Loads a folder in the released layout (`see3d_core.released_layout`), local or by Hugging Face
+repository id (`see3d_core.weights.resolve_weights`), and runs the inference of SPEC.md
+section 2 exactly as the authors' released code does (`baaivision/See3D`:
+`pipeline_mvd_warp_mix_classifier*.py`, `mv_diffusion*.py`, `inference.py`):
 
-- context = text embedding of the empty prompt "" (computed once, the text encoder is then
-  freed) + 0.2 x the CLIP-H `image_embeds` of the *first* reference view, broadcast to all
-  tokens; the CLIP input is the image in [0, 1];
+- scheduler: `scheduler/scheduler_config.json` with steps_offset forced to 1, clip_sample off
+  and zero terminal SNR on (their pipeline's constructor and `mv_diffusion.py`). Timesteps: when
+  the file holds `timestep_scaling: "trailing"` the authors' own list 999, 999 - r, ... > 0
+  (r = 999 // n: 53 steps for n = 50, 31 for SR's 30), each step still moving by 1000 // n;
+  otherwise the scheduler's own timesteps from the file's `timestep_spacing`. When the key is
+  absent the authors' code raises (AttributeError); the kit uses the scheduler's own timesteps
+  and says so (`See3DPipeline.timesteps_note`);
+- context = text embedding of the empty prompt "" + 0.2 x the CLIP-H `image_embeds` of the
+  *first* reference view broadcast to all tokens, the CLIP input prepared by transformers'
+  `CLIPImageProcessor` (PIL resize of uint8 pixels) from the image in [0, 1];
+- precision as the authors run it on a GPU: text encoder, UNet and VAE in `torch_dtype`
+  (float16 on CUDA), CLIP vision in float32 (its pixels rounded to `torch_dtype` first);
+- condition images are VAE-encoded exactly as given (posterior sampled): hole pixels are not
+  repainted; the masks go only into the mask channel (nearest-resized to latent size);
 - the UNet input is `cat([x_t, V, M])` (9 channels; the 5-channel `cat([x_t, M])` variant is
-  supported too); only the first latent-channel outputs are used;
-- the visual condition, its schedule (t' = t // 5, the piecewise W), guidance on the condition
+  supported too); only the first latent-channel outputs are used; the visual condition
+  (t' = t // 5, the piecewise W, fresh noise every step), guidance on the condition
   `(1 + s) cond - s uncond`, references imposed on x_t every step and DDIM are
-  `see3d_torch.sampling.sample` (diffusers' DDIMScheduler with zero terminal SNR and trailing
-  timesteps, read from `scheduler/` with those two settings forced on);
-- VAE encode (posterior sample from the seeded generator) / decode, sliced per view;
-- everything seeded by `seed`: two runs with the same inputs give the same images;
-- `torch_dtype=torch.float16` or `bfloat16` on a GPU; float32 on a CPU;
-- the optional 2x super-resolution stage (`unet/SR`): `generate_with_super_resolution` frees
-  the base model before loading it.
+  `see3d_torch.sampling.sample`;
+- the 2x super-resolution stage (`unet/SR`, 30 steps, guidance 1, the clean condition) over
+  groups of views as `inference.py` runs it (`released_sr_groups`), on inputs prepared as theirs
+  (uint8 images, PIL bicubic 2x, masks thresholded at 0.9).
+
+Deliberate differences from the released code (README "Released weights"): seeded (their seed
+is never passed), references in name order (theirs: unsorted glob, although the first drives
+CLIP), the base model freed before SR, and SR masks aligned with their views (theirs are
+shifted by the number of references).
 
 Arrays are numpy: images [N, H, W, 3] float in [0, 1], masks [N, H, W] with 1 = known pixel
 (valid warp), 0 = hole. H and W must be multiples of 8 (512 for the released base model).
@@ -27,20 +42,25 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
+from see3d_core.diffusion import DDIMConfig, num_sampler_steps
 from see3d_core.released_layout import CLIP_VISION_DIR, UNET_CONFIG, UNET_VARIANTS, UNET_WEIGHTS, released_unet_dir
-from see3d_torch.condition import RELEASED, ConditionConfig, fill_holes, resize_masks_nearest
-from see3d_torch.sampling import DDIMConfig, SamplerNoise, sample
+from see3d_core.weights import RELEASED_SEE3D_REPO, WeightsError, resolve_weights, safetensors_header
+from see3d_torch.condition import RELEASED, ConditionConfig, resize_masks_nearest
+from see3d_torch.sampling import SamplerNoise, sample
 from see3d_torch.unet import MultiViewUNet
 
+LOG = logging.getLogger(__name__)
 CLIP_IMAGE_WEIGHT = 0.2  # context = empty-prompt embedding + 0.2 x CLIP image embedding
-SR_CONDITION = ConditionConfig(variant="masked")  # the SR model sees the clean upscaled views
+SR_CONDITION = ConditionConfig(variant="masked")  # the SR model sees the clean latents of the base views
+MASK_FILE_THRESHOLD = 0.9  # mask images read from disk: known where value / 255 > 0.9 (inference.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +82,29 @@ class SamplingSettings:
 
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} (the pipeline loads local files only)")
+        raise FileNotFoundError(f"{what} not found: {path}")
     return path
 
 
+def released_allow_patterns(variant: str) -> list[str]:
+    """The files of the released repository one variant needs (not the other two UNets)."""
+    unet = released_unet_dir(".", variant).as_posix().lstrip("./")
+    shared = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", f"{CLIP_VISION_DIR}/*", f"{unet}/*"]
+    return shared + [f"*/{p}" for p in shared]  # the repository may hold the folder one level down (MVD_weights/)
+
+
+def resolve_release(name_or_path: str | Path = RELEASED_SEE3D_REPO, variant: str = "sparse", offline: bool | None = None) -> Path:
+    """The local released folder for a path or a Hugging Face repository id (default: the
+    authors' repository), fetching only the files `variant` needs."""
+    if variant not in UNET_VARIANTS:
+        raise ValueError(f"variant must be one of {UNET_VARIANTS}, got {variant!r}")
+    return resolve_weights(name_or_path, allow_patterns=released_allow_patterns(variant), offline=offline,
+                           marker="model_index.json", argument="weights")
+
+
 def check_release_folder(root: str | Path, variant: str) -> Path:
-    """Raise FileNotFoundError naming the first file of the released layout that is missing."""
+    """Raise FileNotFoundError naming the first file of the released layout that is missing,
+    and WeightsError naming a weights file that is corrupt or truncated (a partial download)."""
     root = Path(root)
     _require(root, "See3D checkpoint folder")
     needed = [
@@ -83,51 +120,68 @@ def check_release_folder(root: str | Path, variant: str) -> Path:
     ]
     for path, what in needed:
         _require(path, what)
-    if not any((root / "text_encoder").glob("*.safetensors")):
-        raise FileNotFoundError(f"text encoder weights not found: {root / 'text_encoder'}/*.safetensors")
-    if not any((root / CLIP_VISION_DIR).glob("*.safetensors")):
-        raise FileNotFoundError(f"CLIP image encoder weights not found: {root / CLIP_VISION_DIR}/*.safetensors")
+    for folder, what in ((root / "text_encoder", "text encoder"), (root / CLIP_VISION_DIR, "CLIP image encoder")):
+        if not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"{what} weights not found: {folder}/*.safetensors")
+    for folder in (root / "text_encoder", root / CLIP_VISION_DIR, root / "vae", released_unet_dir(root, variant)):
+        for weights in sorted(folder.glob("*.safetensors")):
+            safetensors_header(weights)  # a truncated file is named here, not deep inside a library
     return root
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipPreprocess:
-    """CLIP image preprocessing in torch (no torchvision): shortest side -> `size` (bicubic),
-    centre crop `crop`, normalise; values from `preprocessor_config.json`."""
+def _load_component(what: str, folder: Path, load: Callable):
+    """Run a library loader; its exceptions become one WeightsError naming the folder."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        if isinstance(e, (WeightsError, FileNotFoundError)):
+            raise
+        raise WeightsError(f"{folder}: the {what} could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
-    size: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "ClipPreprocess":
-        raw = json.loads(_require(Path(path), "CLIP preprocessor config").read_text())
-        size, crop = raw.get("size", 224), raw.get("crop_size", 224)
-        size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
-        crop = crop.get("height") if isinstance(crop, dict) else crop
-        return cls(int(size), int(crop), tuple(raw["image_mean"]), tuple(raw["image_std"]))
+def released_scheduler(scheduler_config: dict):
+    """(DDIMScheduler, DDIMConfig fields, note) as the authors build theirs from the released
+    `scheduler_config.json`: steps_offset 1 and clip_sample off (their pipeline's constructor),
+    zero terminal SNR (`mv_diffusion.py`); timesteps from `timestep_scaling` (module docstring)."""
+    from diffusers import DDIMScheduler
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """images [N, 3, H, W] in [0, 1] -> [N, 3, crop, crop] normalised."""
-        h, w = images.shape[-2:]
-        scale = self.size / min(h, w)
-        size = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
-        resized = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-        top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        crop = resized[..., top : top + self.crop, left : left + self.crop]
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (crop - mean) / std
+    config = dict(scheduler_config)
+    scaling = config.get("timestep_scaling")
+    config.update(steps_offset=1, clip_sample=False, rescale_betas_zero_snr=True)
+    config.pop("timestep_scaling", None)
+    scheduler = DDIMScheduler.from_config(config)
+    if scaling == "trailing":
+        note = "the authors' trailing list (scheduler_config.json: timestep_scaling = 'trailing')"
+    elif scaling is not None:
+        note = f"the scheduler's own {scheduler.config.timestep_spacing!r} timesteps (timestep_scaling = {scaling!r})"
+    else:
+        note = (f"the scheduler's own {scheduler.config.timestep_spacing!r} timesteps: scheduler_config.json has no "
+                "'timestep_scaling' key (the authors' code raises AttributeError there)")
+        LOG.warning("See3D pipeline: %s", note)
+    return scheduler, dict(released_timesteps=scaling == "trailing"), note
+
+
+def clip_image_processor(folder: Path):
+    """transformers' PIL-based CLIP processor from `preprocessor_config.json` (the class the
+    authors' transformers 4.x `CLIPImageProcessor` is; transformers 5 names it ...Pil)."""
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as Processor
+    return Processor.from_pretrained(folder, local_files_only=True)
 
 
 def empty_prompt_embedding(root: str | Path, device, dtype) -> torch.Tensor:
-    """Text-encoder hidden states of the empty prompt "" [1, 77, D]; the encoder is freed after."""
+    """Text-encoder hidden states of the empty prompt "" [1, 77, D], the encoder run in `dtype`
+    (float16 on a GPU, as the authors run it); the encoder is freed after."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     root = Path(root)
-    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True).to(device)
+    tokenizer = _load_component("tokenizer", root / "tokenizer",
+                                lambda: CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True))
+    encoder = _load_component("text encoder", root / "text_encoder",
+                              lambda: CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True, dtype=dtype))
+    encoder = encoder.to(device)
     ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         embedding = encoder(ids.to(device))[0].to(dtype)
@@ -150,13 +204,15 @@ def _to_pixels(images: np.ndarray, name: str) -> torch.Tensor:
 
 
 class See3DPipeline:
-    """Released See3D inference. Build with `from_pretrained(root, variant)`; call with views."""
+    """Released See3D inference. Build with `from_pretrained(root_or_repo_id, variant)`; call with views."""
 
-    def __init__(self, unet: MultiViewUNet, vae, scheduler, empty_prompt: torch.Tensor, image_encoder, clip_preprocess: ClipPreprocess,
-                 device: torch.device, dtype: torch.dtype, vae_slice: int = 1):
+    def __init__(self, unet: MultiViewUNet, vae, scheduler, empty_prompt: torch.Tensor, image_encoder, clip_processor,
+                 device: torch.device, dtype: torch.dtype, vae_slice: int = 1, released_timesteps: bool = False,
+                 timesteps_note: str = ""):
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
-        self.empty_prompt, self.image_encoder, self.clip_preprocess = empty_prompt, image_encoder, clip_preprocess
+        self.empty_prompt, self.image_encoder, self.clip_processor = empty_prompt, image_encoder, clip_processor
         self.device, self.dtype, self.vae_slice = device, dtype, int(vae_slice)
+        self.released_timesteps, self.timesteps_note = bool(released_timesteps), timesteps_note
         self.latent_channels = int(vae.config.latent_channels)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -169,27 +225,33 @@ class See3DPipeline:
             raise ValueError(f"UNet out_channels={unet.config.out_channels} < latent channels {self.latent_channels}")
 
     @classmethod
-    def from_pretrained(cls, root: str | Path, variant: str = "sparse", device: str | torch.device = "cpu",
-                        torch_dtype: torch.dtype | None = None, vae_slice: int = 1) -> "See3DPipeline":
-        """Load the released folder (local files only). `variant`: single, sparse or SR.
-        `torch_dtype` defaults to float16 on CUDA, float32 elsewhere."""
-        from diffusers import AutoencoderKL, DDIMScheduler
+    def from_pretrained(cls, root: str | Path = RELEASED_SEE3D_REPO, variant: str = "sparse", device: str | torch.device = "cpu",
+                        torch_dtype: torch.dtype | None = None, vae_slice: int = 1, offline: bool | None = None) -> "See3DPipeline":
+        """Load the released folder, a local path or a Hugging Face repository id (downloaded
+        into the cache on first use; `offline` or HF_HUB_OFFLINE=1: the cache only).
+        `variant`: single, sparse or SR. `torch_dtype` defaults to float16 on CUDA, float32 elsewhere."""
+        from diffusers import AutoencoderKL
         from transformers import CLIPVisionModelWithProjection
 
-        if variant not in UNET_VARIANTS:
-            raise ValueError(f"variant must be one of {UNET_VARIANTS}, got {variant!r}")
-        root = check_release_folder(root, variant)
+        root = check_release_folder(resolve_release(root, variant, offline), variant)
         device = torch.device(device)
         dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        released = DDIMScheduler.from_pretrained(root / "scheduler", local_files_only=True)
-        # the released sampler: zero terminal SNR and trailing timesteps, whatever the file says
-        scheduler = DDIMScheduler.from_config(released.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        scheduler_file = root / "scheduler" / "scheduler_config.json"
+        try:
+            scheduler_config = json.loads(scheduler_file.read_text())
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{scheduler_file}: not valid JSON ({e})") from e
+        scheduler, timestep_fields, note = released_scheduler(scheduler_config)
         empty_prompt = empty_prompt_embedding(root, device, dtype)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(root / CLIP_VISION_DIR, local_files_only=True, dtype=dtype).to(device).eval()
-        clip_preprocess = ClipPreprocess.from_json(root / CLIP_VISION_DIR / "preprocessor_config.json")
-        vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True, torch_dtype=dtype).to(device).eval()
+        clip_dir = root / CLIP_VISION_DIR
+        image_encoder = _load_component("CLIP image encoder", clip_dir, lambda: CLIPVisionModelWithProjection.from_pretrained(
+            clip_dir, local_files_only=True, dtype=torch.float32)).to(device).eval()  # float32, as the authors load it
+        clip_processor = _load_component("CLIP preprocessor", clip_dir, lambda: clip_image_processor(clip_dir))
+        vae = _load_component("VAE", root / "vae", lambda: AutoencoderKL.from_pretrained(
+            root / "vae", local_files_only=True, torch_dtype=dtype)).to(device).eval()
         unet = MultiViewUNet.from_pretrained(released_unet_dir(root, variant), torch_dtype=dtype, device="cpu").to(device)
-        return cls(unet, vae, scheduler, empty_prompt, image_encoder, clip_preprocess, device, dtype, vae_slice)
+        return cls(unet, vae, scheduler, empty_prompt, image_encoder, clip_processor, device, dtype, vae_slice,
+                   timestep_fields["released_timesteps"], note)
 
     def free(self) -> None:
         """Drop every model (and the cached CUDA memory) so the next stage fits."""
@@ -198,15 +260,19 @@ class See3DPipeline:
 
     # ------------------------------------------------------------------ stages
 
+    def clip_pixels(self, first_reference: torch.Tensor) -> torch.Tensor:
+        """CLIP input of the first reference [1, 3, H, W] in [0, 1] (transformers' processor, as the authors)."""
+        pixels = self.clip_processor(first_reference.float().cpu(), return_tensors="pt", do_rescale=False).pixel_values
+        return pixels.to(self.device, self.dtype)  # the authors cast to the text encoder's dtype
+
     def context(self, first_reference: torch.Tensor) -> torch.Tensor:
         """Empty-prompt embedding + 0.2 x CLIP image_embeds of the first reference [1, 3, H, W] in [0, 1]."""
-        pixels = self.clip_preprocess(first_reference.to(self.device)).to(self.dtype)
         with torch.no_grad():
-            image_embeds = self.image_encoder(pixel_values=pixels).image_embeds  # [1, D]
-        return self.empty_prompt + CLIP_IMAGE_WEIGHT * image_embeds[:, None, :].to(self.dtype)
+            image_embeds = self.image_encoder(pixel_values=self.clip_pixels(first_reference)).image_embeds  # [1, D] float32
+        return self.empty_prompt + (CLIP_IMAGE_WEIGHT * image_embeds[:, None, :]).to(self.dtype)
 
     def encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """pixels [N, 3, H, W] in [-1, 1] -> scaled latents [N, C, h, w], `vae_slice` views at a time."""
+        """pixels [N, 3, H, W] in [-1, 1] -> scaled latents [N, C, h, w] (posterior samples), `vae_slice` views at a time."""
         out = []
         for chunk in pixels.split(self.vae_slice):
             dist = self.vae.encode(chunk.to(self.device, self.dtype)).latent_dist
@@ -219,13 +285,18 @@ class See3DPipeline:
         out = [self.vae.decode(chunk / self.scaling_factor).sample.float() for chunk in latents.split(self.vae_slice)]
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
+    def sampler_config(self, settings: SamplingSettings) -> DDIMConfig:
+        return DDIMConfig.from_scheduler(self.scheduler, num_inference_steps=settings.num_inference_steps,
+                                         guidance_scale=settings.guidance_scale, released_timesteps=self.released_timesteps)
+
     @torch.no_grad()
     def __call__(self, reference_images: np.ndarray, target_images: np.ndarray, target_masks: np.ndarray, *,
                  seed: int = 0, settings: SamplingSettings = SamplingSettings.base(),
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Generate the target views. reference_images [R, H, W, 3], target_images [T, H, W, 3]
-        (warped views, holes anything: they are painted black), target_masks [T, H, W] (1 = known).
-        The first reference drives the CLIP context. Returns [T, H, W, 3] float32 in [0, 1]."""
+        (warped views, encoded as given: hole pixels are not repainted), target_masks [T, H, W]
+        (1 = known; > 0.5 counts as known). The first reference drives the CLIP context.
+        Returns [T, H, W, 3] float32 in [0, 1]."""
         if self.unet is None:
             raise RuntimeError("this pipeline was freed; load it again with See3DPipeline.from_pretrained")
         refs, targets = _to_pixels(reference_images, "reference_images"), _to_pixels(target_images, "target_images")
@@ -241,18 +312,18 @@ class See3DPipeline:
             raise ValueError(f"images: height and width must be multiples of {self.vae_factor}, got {h}x{w}")
         n_ref, n_tgt = len(refs), len(targets)
         pixel_masks = torch.cat([torch.ones(n_ref, 1, h, w), torch.from_numpy((masks > 0.5).astype(np.float32))[:, None]])
-        pixels = fill_holes(torch.cat([refs, targets]) * 2 - 1, pixel_masks)  # holes black, as in training
+        pixels = torch.cat([refs, targets]) * 2 - 1  # encoded as given, as the authors do
 
         generator = torch.Generator().manual_seed(int(seed))
         context = self.context(refs[:1])
         latents = self.encode(pixels, generator)[None]  # [1, V, C, h, w]
         latent_masks = resize_masks_nearest(pixel_masks, h // self.vae_factor, w // self.vae_factor)[None].to(self.device, self.dtype)
         is_reference = torch.tensor([[True] * n_ref + [False] * n_tgt], device=self.device)
-        noise = SamplerNoise.draw(generator, settings.num_inference_steps, latents.shape)
+        sampler = self.sampler_config(settings)
+        steps = num_sampler_steps(sampler, self.scheduler.config.num_train_timesteps)
+        noise = SamplerNoise.draw(generator, steps, latents.shape)
         noise = SamplerNoise(*(n.to(self.device, self.dtype) for n in (noise.initial, noise.condition, noise.step)))
-        sampler = DDIMConfig.from_scheduler(self.scheduler, num_inference_steps=settings.num_inference_steps,
-                                            guidance_scale=settings.guidance_scale)
-        final = sample(self._model_fn(settings.num_inference_steps, progress), self.scheduler, latents, latent_masks,
+        final = sample(self._model_fn(steps, progress), self.scheduler, latents, latent_masks,
                        is_reference, noise, context, sampler, settings.condition)
         images = self.decode(final[0, n_ref:])
         return images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
@@ -272,31 +343,112 @@ class See3DPipeline:
         return model_fn
 
 
-def upscale_inputs(reference_images: np.ndarray, generated: np.ndarray, factor: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The SR stage's inputs: references and base outputs resized `factor`x (bicubic)."""
-    def up(images):
-        t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-        return F.interpolate(t, scale_factor=factor, mode="bicubic", align_corners=False).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+# --- inputs as the authors' inference.py prepares them ------------------------------------------------
 
-    return up(reference_images), up(generated)
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] floats in [0, 1] -> uint8 as diffusers' `numpy_to_pil` rounds them."""
+    return (np.clip(np.asarray(images, np.float32), 0, 1) * 255).round().astype(np.uint8)
+
+
+def resize_images_pil(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N, size_h, size_w, 3] floats in [0, 1] with PIL's default
+    (bicubic) resize, as `inference.py`'s `img.resize((width, height))`."""
+    height, width = size
+    out = [np.asarray(Image.fromarray(im).resize((width, height)), np.float32) for im in np.asarray(images, np.uint8)]
+    return np.stack(out) / np.float32(255)  # their u / 127.5 - 1 in [-1, 1], seen in [0, 1] (equal up to float rounding)
+
+
+def resize_masks_pil(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Masks [N, H, W] (1 = known) or uint8 mask images -> [N, size_h, size_w] in {0, 1}: the
+    mask image resized by PIL (bicubic) and thresholded at value / 255 > 0.9 (`inference.py`)."""
+    masks = np.asarray(masks)
+    images = masks if masks.dtype == np.uint8 else (np.clip(masks, 0, 1) * 255).round().astype(np.uint8)
+    height, width = size
+    out = [np.asarray(Image.fromarray(m, mode="L").resize((width, height)), np.float32) / 255 for m in images]
+    return (np.stack(out) > MASK_FILE_THRESHOLD).astype(np.float32)
+
+
+def read_mask_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask image from disk (any mode, converted to L) -> [H, W] in {0, 1}, known where
+    value / 255 > 0.9, resized first (PIL bicubic) when `size` = (height, width) is given."""
+    path = Path(path)
+    try:
+        image = Image.open(path).convert("L")
+    except OSError as e:
+        raise ValueError(f"mask image {path}: cannot be read ({e})") from e
+    array = np.asarray(image, np.uint8)[None]
+    return resize_masks_pil(array, size or array.shape[1:])[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SRGroup:
+    """One call of the SR stage: `carried` target indices whose SR outputs re-enter as extra
+    (non-reference) views for consistency, then the new `targets`."""
+
+    carried: tuple[int, ...]
+    targets: tuple[int, ...]
+
+
+def released_sr_groups(num_references: int, num_targets: int) -> list[SRGroup]:
+    """The SR stage's groups as `inference.py` forms them: groups of (R + T + 3) // 2 targets;
+    every group after the first also carries the SR outputs of the middle and the last target
+    done so far. Only the new targets' outputs are kept."""
+    size = (num_references + num_targets + 3) // 2
+    groups = []
+    for start in range(0, num_targets, size):
+        carried = () if start == 0 else (start // 2, start - 1)
+        groups.append(SRGroup(carried, tuple(range(start, min(start + size, num_targets)))))
+    return groups
+
+
+def super_resolution_inputs(reference_images: np.ndarray, generated: np.ndarray, target_masks: np.ndarray, factor: int = 2):
+    """The SR stage's inputs as `inference.py` makes them: images through uint8 (as the saved
+    PIL outputs) resized `factor`x by PIL (bicubic), masks resized the same way and thresholded
+    at 0.9. Returns (references, generated, masks) at `factor`x."""
+    h, w = np.asarray(generated).shape[1:3]
+    size = (h * factor, w * factor)
+    return (resize_images_pil(to_uint8(reference_images), size), resize_images_pil(to_uint8(generated), size),
+            resize_masks_pil(target_masks, size))
+
+
+def super_resolve(pipe: See3DPipeline, references_2x: np.ndarray, generated_2x: np.ndarray, masks_2x: np.ndarray, *,
+                  seed: int = 0, settings: SamplingSettings = SamplingSettings.super_resolution(), grouping: str = "released",
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Run the SR model over the views: `grouping="released"` in the groups of `released_sr_groups`
+    (carried views enter as their SR outputs through uint8, as the authors' PIL images);
+    "single": one call with every view (multi-view attention over all of them: not the same
+    result, and more memory)."""
+    if grouping not in ("released", "single"):
+        raise ValueError(f"grouping: expected 'released' or 'single', got {grouping!r}")
+    groups = [SRGroup((), tuple(range(len(generated_2x))))] if grouping == "single" else released_sr_groups(len(references_2x), len(generated_2x))
+    outputs: dict[int, np.ndarray] = {}
+    for group in groups:
+        carried = list(group.carried)
+        images = np.concatenate([resize_images_pil(to_uint8(np.stack([outputs[i] for i in carried])), masks_2x.shape[1:])
+                                 if carried else generated_2x[:0], generated_2x[list(group.targets)]])
+        result = pipe(references_2x, images, masks_2x[carried + list(group.targets)], seed=seed, settings=settings, progress=progress)
+        for i, image in zip(group.targets, result[len(carried):]):
+            outputs[i] = image
+    return np.stack([outputs[i] for i in range(len(generated_2x))])
 
 
 def generate_with_super_resolution(root: str | Path, reference_images: np.ndarray, target_images: np.ndarray,
                                    target_masks: np.ndarray, *, variant: str = "sparse", seed: int = 0,
                                    device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
                                    base: SamplingSettings = SamplingSettings.base(),
-                                   sr: SamplingSettings = SamplingSettings.super_resolution()) -> tuple[np.ndarray, np.ndarray]:
-    """Base generation at the input size, then the SR model at 2x. The base models are freed
-    before the SR UNet is loaded. Returns (base [T, H, W, 3], super-resolved [T, 2H, 2W, 3])."""
-    pipe = See3DPipeline.from_pretrained(root, variant=variant, device=device, torch_dtype=torch_dtype)
+                                   sr: SamplingSettings = SamplingSettings.super_resolution(),
+                                   sr_grouping: str = "released", offline: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Base generation at the input size, then the SR model at 2x over groups of views
+    (`super_resolve`). The base models are freed before the SR UNet is loaded. Returns
+    (base [T, H, W, 3], super-resolved [T, 2H, 2W, 3])."""
+    pipe = See3DPipeline.from_pretrained(root, variant=variant, device=device, torch_dtype=torch_dtype, offline=offline)
     generated = pipe(reference_images, target_images, target_masks, seed=seed, settings=base)
     pipe.free()
     del pipe
     _release_memory()
-    refs_2x, generated_2x = upscale_inputs(reference_images, generated)
-    masks_2x = np.repeat(np.repeat(np.asarray(target_masks), 2, axis=1), 2, axis=2)
-    sr_pipe = See3DPipeline.from_pretrained(root, variant="SR", device=device, torch_dtype=torch_dtype)
-    upscaled = sr_pipe(refs_2x, generated_2x, masks_2x, seed=seed, settings=sr)
+    refs_2x, generated_2x, masks_2x = super_resolution_inputs(reference_images, generated, target_masks)
+    sr_pipe = See3DPipeline.from_pretrained(root, variant="SR", device=device, torch_dtype=torch_dtype, offline=offline)
+    upscaled = super_resolve(sr_pipe, refs_2x, generated_2x, masks_2x, seed=seed, settings=sr, grouping=sr_grouping)
     sr_pipe.free()
     return generated, upscaled
 
@@ -312,12 +464,17 @@ def sorted_image_files(folder: str | Path) -> list[Path]:
 
 
 __all__ = [
-    "ClipPreprocess",
+    "SRGroup",
     "SamplingSettings",
     "See3DPipeline",
     "check_release_folder",
     "empty_prompt_embedding",
     "generate_with_super_resolution",
+    "read_mask_image",
+    "released_scheduler",
+    "released_sr_groups",
+    "resolve_release",
     "sorted_image_files",
-    "upscale_inputs",
+    "super_resolution_inputs",
+    "super_resolve",
 ]

@@ -23,6 +23,7 @@ from torch import nn
 
 from see3d_core.released_layout import UNET_CONFIG, UNET_WEIGHTS, read_unet_config
 from see3d_core.unet_config import UNetConfig
+from see3d_core.weights import WeightsError, safetensors_header
 
 
 
@@ -302,6 +303,11 @@ class MultiViewUNet(nn.Module):
         weights = folder / UNET_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"UNet weights not found: {weights}")
+        header = safetensors_header(weights)  # truncated / corrupt files are named before loading
+        stem = header.get("input_blocks.0.0.weight")
+        if stem is not None and len(stem["shape"]) == 4 and stem["shape"][1] != config.in_channels:
+            raise WeightsError(f"{weights}: the weights take {stem['shape'][1]} input channels, "
+                               f"{folder / UNET_CONFIG} says in_channels={config.in_channels}")
         with torch.device("meta"):  # no second copy of the weights in memory
             model = cls(config, camera_dim=camera_dim)
         state = load_file(str(weights), device=str(device))
@@ -323,7 +329,7 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if tuple(state[k].shape) != expected[k]
     )
     if missing or unexpected or mismatched:
-        raise ValueError(
+        raise WeightsError(
             f"{source} does not match the UNet built from its config: "
             f"missing {missing}, unexpected {unexpected}, mismatched {mismatched}"
         )

@@ -46,6 +46,18 @@ def _write_released_unet(root, variant, seed):
     (folder / "config.json").write_text(json.dumps(released))
 
 
+def _set_scheduler_keys(root, **keys):
+    """Edit the folder's scheduler_config.json (None removes a key)."""
+    path = root / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    for key, value in keys.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
 @pytest.fixture(scope="module")
 def release_root(tmp_path_factory):
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -55,6 +67,7 @@ def release_root(tmp_path_factory):
     (root / "model_index.json").write_text(json.dumps({"_class_name": "MVDreamPipeline"}))
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
                   steps_offset=1, clip_sample=False, set_alpha_to_one=False).save_pretrained(root / "scheduler")
+    _set_scheduler_keys(root, timestep_scaling="trailing")
     _write_tokenizer(root / "tokenizer")
     torch.manual_seed(0)
     CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=CONTEXT_DIM, intermediate_size=64, num_hidden_layers=1,
@@ -87,7 +100,7 @@ FAST = SamplingSettings(num_inference_steps=3, guidance_scale=2.0)
 def test_released_layout_loads_and_generation_is_seeded(release_root):
     pipe = See3DPipeline.from_pretrained(release_root, variant="sparse")
     assert pipe.unet.camera_dim == 16  # the released dialect's camera embedding is loaded, unused
-    assert pipe.scheduler.config.rescale_betas_zero_snr and pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.scheduler.config.rescale_betas_zero_snr and pipe.released_timesteps  # the fixture says "trailing"
     refs, targets, masks = _views()
     a = pipe(refs, targets, masks, seed=3, settings=FAST)
     b = pipe(refs, targets, masks, seed=3, settings=FAST)
@@ -112,10 +125,10 @@ def test_unet_inputs_context_and_guidance(release_root):
 
     pipe.unet.forward = spy
     pipe(refs, targets, masks, seed=0, settings=SamplingSettings(num_inference_steps=2, guidance_scale=2.0))
-    assert len(calls) == 2
+    assert len(calls) == 3  # the authors' trailing list for n = 2: 999, 500, 1
     sample, t, context = calls[0]
     assert sample.shape == (2, 3, 9, 8, 8)  # guidance batches cond + uncond; 2 refs + 1 target
-    assert int(t[0]) == 999 and torch.equal(t[0], t[1])  # trailing: the first step is t = T - 1
+    assert [int(c[1][0]) for c in calls] == [999, 500, 1] and torch.equal(t[0], t[1])
     cond, uncond = sample[0], sample[1]
     torch.testing.assert_close(cond[:, :4], uncond[:, :4])  # same x_t
     torch.testing.assert_close(cond[:2], uncond[:2])  # references keep V and M
@@ -123,7 +136,7 @@ def test_unet_inputs_context_and_guidance(release_root):
     assert (cond[:2, 8] == 1).all()  # reference masks are all ones (1 = known)
     torch.testing.assert_close(context[0], context[1])
 
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     tok = CLIPTokenizer.from_pretrained(release_root / "tokenizer")
     text = CLIPTextModel.from_pretrained(release_root / "text_encoder")
@@ -131,8 +144,13 @@ def test_unet_inputs_context_and_guidance(release_root):
     with torch.no_grad():
         empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
         first = torch.from_numpy(refs[:1]).permute(0, 3, 1, 2)
-        embeds = vision(pixel_values=pipe.clip_preprocess(first)).image_embeds
+        processor = CLIPImageProcessorPil.from_pretrained(release_root / CLIP_VISION_DIR)  # the authors' (PIL) preprocessing
+        pixels = processor(first, return_tensors="pt", do_rescale=False).pixel_values
+        embeds = vision(pixel_values=pixels).image_embeds
     torch.testing.assert_close(context[:1], empty + 0.2 * embeds[:, None], atol=1e-5, rtol=1e-5)
+    # not a torch resize: transformers' processor resizes uint8 pixels with PIL
+    torch_resized = torch.nn.functional.interpolate(first, size=(32, 32), mode="bicubic", antialias=True)
+    assert (pixels - processor(torch_resized, return_tensors="pt", do_rescale=False, do_resize=False).pixel_values).abs().max() > 1e-3
 
 
 def test_missing_files_are_named(release_root, tmp_path):
