@@ -117,30 +117,42 @@ def _cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
-def _depth_estimator(depth_model: str | None):
+def _depth_estimator(depth_model: str, offline: bool | None = None):
+    """Depth Anything from a local folder or a Hugging Face repository id (the cache when offline)."""
+    from see3d_core.weights import resolve_weights
     from see3d_torch.mono_depth import DepthAnything
 
-    if depth_model is None:
-        raise ValueError(
-            "generation needs a monocular depth model: pass --depth-model DIR, a local Depth Anything folder, e.g. after "
-            "`huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir DIR` (nothing is downloaded at run time)"
-        )
-    return DepthAnything(depth_model)
+    return DepthAnything(resolve_weights(depth_model, offline=offline, marker="config.json", argument="depth-model"))
 
 
-def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int | None = None, variant: str = "sparse"):
+def pick_device(device: str) -> str:
+    """`auto`: CUDA when torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int | None = None, variant: str = "sparse",
+                 offline: bool | None = None):
     """The model behind the generation loop, chosen by `--backend` (or by the folder's layout
-    with `auto`); each framework is imported only when chosen. `variant` picks the released
-    UNet (`single` or `sparse`) of a See3D folder."""
+    with `auto`); each framework is imported only when chosen. `weights` is a folder or a
+    Hugging Face repository id (default: the authors' released repository). `variant` picks the
+    released UNet (`single` or `sparse`) of a See3D folder."""
+    from see3d_core.weights import RELEASED_SEE3D_REPO, is_repo_id, resolve_weights
+
     if kind == "warp-only":
         from see3d_torch.generation.backends import WarpOnlyBackend
 
         return WarpOnlyBackend()
-    if weights is None:
-        raise ValueError(f"--backend {kind} needs --weights DIR (or use --backend warp-only)")
-    folder = Path(weights)
-    if not folder.exists():
-        raise FileNotFoundError(f"--weights folder not found: {folder}")
+    weights = weights or RELEASED_SEE3D_REPO
+    if is_repo_id(weights) and kind in ("auto", "pipeline") and weights == RELEASED_SEE3D_REPO:
+        from see3d_torch.pipeline import resolve_release
+
+        folder = resolve_release(weights, variant, offline)  # only the files this variant needs
+    else:
+        folder = resolve_weights(weights, offline=offline)
     if kind == "auto":
         if (folder / "model_index.json").is_file():
             kind = "pipeline"
@@ -156,7 +168,7 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
     if kind == "pipeline":
         from see3d_torch.generation.backends import See3DPipelineBackend
 
-        return See3DPipelineBackend(folder, variant=variant, device=device, num_inference_steps=steps)
+        return See3DPipelineBackend(folder, variant=variant, device=device, num_inference_steps=steps, offline=offline)
     if kind == "unet":
         from see3d_torch.generation.backends import TorchUNetBackend
 
@@ -185,8 +197,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     else:
         cams = inputs.estimate_cameras(images, args.fov, method=args.camera_method)
     variant = args.variant if args.variant != "auto" else ("single" if len(images) == 1 else "sparse")
-    backend = load_backend(args.backend, args.weights, args.device, args.steps, variant)
-    estimator = _depth_estimator(args.depth_model)
+    device = pick_device(args.device)
+    offline = True if args.offline else None
+    backend = load_backend(args.backend, args.weights, device, args.steps, variant, offline)
+    estimator = _depth_estimator(args.depth_model, offline)
+    print(f"see3d generate: backend {backend.name} on {device}", file=sys.stderr, flush=True)
     first_depth = estimator.predict(images[0], cams[0])
     first_depth = np.asarray(first_depth.detach().cpu() if hasattr(first_depth, "detach") else first_depth)
     if getattr(estimator, "output_space", "depth") == "disparity":
@@ -197,6 +212,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         focus = float(np.median(first_depth))
     targets = inputs.build_trajectory(args.trajectory, cams, focus, args.views)
     config = GenerationConfig(num_anchors=args.anchors, seed=args.seed)
+    if device == "cpu" and hasattr(backend, "seconds_per_call"):  # say what a CPU run costs before it starts
+        calls = config.expected_calls(len(targets), backend.max_views)
+        seconds = backend.seconds_per_call()
+        print(f"see3d generate: on the CPU one generation call takes ~{seconds:.0f} s (one model step measured); "
+              f"{calls} calls: expect ~{calls * seconds / 60:.0f} min. A GPU (--device cuda) takes seconds.", file=sys.stderr, flush=True)
     result = generate_views(images, cams, targets, backend, estimator, config, show_progress=True)
     out = Path(args.out)
     written = result.save(out)
@@ -261,11 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate views along a trajectory from 1 to 6 images")
     gen.add_argument("images", nargs="+", help="input image files (1: single view; 2 to 6: sparse views)")
     gen.add_argument("--trajectory", default="orbit", help="orbit, forward, spiral, interpolate (sparse views) or a trajectory file")
-    gen.add_argument("--weights", default=None, help="released See3D folder (e.g. MVD_weights), torch UNet folder or Flax checkpoint")
+    gen.add_argument("--weights", default=None, help="released See3D folder (e.g. MVD_weights) or Hugging Face repository id "
+                     "(default: bruiiii/See3D, the authors'), torch UNet folder or Flax checkpoint")
     gen.add_argument("--backend", default="auto", choices=BACKENDS, help="which model runs (auto: from the --weights layout)")
     gen.add_argument("--out", required=True, help="output directory")
     gen.add_argument("--cameras", default=None, help="JSON cameras of the input images (trajectory format, one frame per image)")
-    gen.add_argument("--depth-model", default=None, help="local Depth Anything folder (transformers format)")
+    gen.add_argument("--depth-model", default="depth-anything/Depth-Anything-V2-Small-hf",
+                     help="Depth Anything folder (transformers format) or Hugging Face repository id")
+    gen.add_argument("--offline", action="store_true", help="never download: repository ids resolve from the local "
+                     "Hugging Face cache only (also HF_HUB_OFFLINE=1)")
     gen.add_argument("--views", type=int, default=8, help="number of trajectory views")
     gen.add_argument("--anchors", type=int, default=2, help="anchor views per iteration")
     gen.add_argument("--fov", type=float, default=60.0, help="horizontal field of view (degrees) assumed without --cameras")
@@ -276,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--variant", default="auto", choices=("auto", "single", "sparse"),
                      help="released See3D UNet (auto: single for one image, sparse for several)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    gen.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, float16), cuda, cpu")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.set_defaults(func=_cmd_generate)
 

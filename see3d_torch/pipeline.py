@@ -285,6 +285,26 @@ class See3DPipeline:
         out = [self.vae.decode(chunk / self.scaling_factor).sample.float() for chunk in latents.split(self.vae_slice)]
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
+    def num_steps(self, settings: SamplingSettings) -> int:
+        """Model evaluations of one call (53 for the released base schedule with the authors' list)."""
+        return num_sampler_steps(self.sampler_config(settings), self.scheduler.config.num_train_timesteps)
+
+    @torch.no_grad()
+    def time_one_step(self, num_views: int, image_size: tuple[int, int], guided: bool = True) -> float:
+        """Seconds of one UNet evaluation on `num_views` views (both guidance branches), measured."""
+        import time
+
+        h, w = (s // self.vae_factor for s in image_size)
+        batch = 2 if guided else 1
+        x = torch.zeros(batch, num_views, self.unet.config.in_channels, h, w, device=self.device, dtype=self.dtype)
+        t = torch.full((batch,), 999, device=self.device, dtype=torch.long)
+        context = self.empty_prompt.expand(batch, -1, -1)
+        start = time.perf_counter()
+        self.unet(x, t, context)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     def sampler_config(self, settings: SamplingSettings) -> DDIMConfig:
         return DDIMConfig.from_scheduler(self.scheduler, num_inference_steps=settings.num_inference_steps,
                                          guidance_scale=settings.guidance_scale, released_timesteps=self.released_timesteps)

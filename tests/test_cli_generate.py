@@ -16,8 +16,12 @@ def _png(path, size=32):
 
 def test_generate_names_the_missing_depth_model(tmp_path, capsys):
     img = _png(tmp_path / "a.png")
-    assert cli.main(["generate", img, "--backend", "warp-only", "--out", str(tmp_path / "o")]) == 2
-    assert "--depth-model" in capsys.readouterr().err
+    assert cli.main(["generate", img, "--backend", "warp-only", "--offline", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--depth-model depth-anything/Depth-Anything-V2-Small-hf" in err and "offline" in err  # the default, by name
+    assert cli.main(["generate", img, "--backend", "warp-only", "--depth-model", str(tmp_path / "no_depth"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "no_depth" in capsys.readouterr().err
 
 
 def test_generate_rejects_bad_inputs(tmp_path, capsys):
@@ -79,7 +83,9 @@ def test_generate_with_released_weights_layout(release_root, tiny_depth_anything
     argv = ["generate", img, "--weights", str(release_root), "--depth-model", str(tiny_depth_anything),
             "--views", "3", "--steps", "2", "--out", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "on cpu" in captured.err and "expect ~" in captured.err  # the device, and a CPU run's cost before it starts
     assert summary["backend"] == f"see3d:{release_root.name}/single"  # one image: the single-view UNet
     assert summary["generated"] == 2 and summary["inputs"] == 1
     cams = trajectories.load_json(out / "cameras.json")
@@ -94,7 +100,7 @@ def test_generate_with_released_weights_layout(release_root, tiny_depth_anything
     assert first.shape == (16, 16, 3) and first.std() > 0  # a decoded image, not a blank
 
     assert cli.main(["generate", img, "--weights", str(tmp_path), "--backend", "pipeline", "--out", str(out)]) == 2
-    assert "scheduler" in capsys.readouterr().err  # names the first missing file of the layout
+    assert "model_index.json" in capsys.readouterr().err  # names what the released layout starts with
 
 
 def cv2_read(path):

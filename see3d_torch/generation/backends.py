@@ -200,11 +200,11 @@ class See3DPipelineBackend:
     the loop runs at the base size because every generated view is warped again."""
 
     def __init__(self, folder: str | Path, variant: str = "sparse", device: str = "cpu", num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, max_views: int = 8, torch_dtype=None):
+                 guidance_scale: float | None = None, max_views: int = 8, torch_dtype=None, offline: bool | None = None):
         from see3d_torch.pipeline import SamplingSettings, See3DPipeline
 
         folder = Path(folder)
-        self.pipeline = See3DPipeline.from_pretrained(folder, variant=variant, device=device, torch_dtype=torch_dtype)
+        self.pipeline = See3DPipeline.from_pretrained(folder, variant=variant, device=device, torch_dtype=torch_dtype, offline=offline)
         base = SamplingSettings.base()
         self.settings = dataclasses.replace(
             base,
@@ -219,3 +219,8 @@ class See3DPipelineBackend:
     def generate(self, reference_images, target_images, target_masks, *, reference_cameras, target_cameras, seed, progress=None):
         check_request(reference_images, target_images, target_masks)
         return self.pipeline(reference_images, target_images, target_masks, seed=seed, settings=self.settings, progress=progress)
+
+    def seconds_per_call(self) -> float:
+        """One generation call's cost, measured: one guided model step on `max_views` views of
+        the base size, times the sampler's steps (VAE and CLIP are small beside it)."""
+        return self.pipeline.time_one_step(self.max_views, self.image_size) * self.pipeline.num_steps(self.settings)

@@ -54,6 +54,14 @@ class GenerationConfig:
         if self.targets_per_iteration is not None and self.targets_per_iteration < 1:
             raise ValueError(f"targets_per_iteration must be >= 1, got {self.targets_per_iteration}")
 
+    def targets_per_call(self, max_views: int) -> int:
+        """Targets generated per backend call: the anchors fill the rest of `max_views`."""
+        return self.targets_per_iteration or max(1, max_views - self.num_anchors)
+
+    def expected_calls(self, num_targets: int, max_views: int) -> int:
+        """Backend calls a run with `num_targets` targets makes."""
+        return -(-num_targets // self.targets_per_call(max_views))
+
 
 @dataclasses.dataclass
 class Iteration:
@@ -303,7 +311,7 @@ def generate_views(
     space = getattr(depth_estimator, "output_space", "depth")
     scale = anchor_choice.scene_scale_of(cams)
     bandwidth = config.lwlr_bandwidth * max(h, w) / 512.0
-    per_call = config.targets_per_iteration or max(1, backend.max_views - config.num_anchors)
+    per_call = config.targets_per_call(backend.max_views)
 
     def ensure_depth(i: int, known: list[int]) -> None:
         if depths[i] is not None:
