@@ -1,6 +1,6 @@
 """Gaussian Splatting benchmarks and acceptance runs (numbers go to benchmarks/RESULTS.md).
 
-    .venv/bin/python benchmarks/bench_splatting.py [--only render,reconstruct,cameras,rough_depths] [--threads N]
+    .venv/bin/python benchmarks/bench_splatting.py [--only render,reconstruct,cameras,rough_depths,capture] [--threads N]
 
 - render: forward + backward of 10k Gaussians at 128x128 with the CPU renderer (and with
   gsplat when a CUDA GPU and gsplat are present), median over repeats, wall and CPU time;
@@ -16,7 +16,12 @@
 - rough_depths (not in the default run): 12 views of 64x64, the same perturbation, depths
   exact or made rough (1% per-pixel noise; a 2% scale error per view; a smooth 2%-amplitude
   warp per view, like aligned monocular depths), `reconstruct(..., refine_cameras=True, steps=300)` with `--camera-method`: which
-  method `auto` chose, the depth disagreement after the ICP, the rotation error.
+  method `auto` chose, the depth disagreement after the ICP, the rotation error;
+- capture (not in the default run): the real-capture acceptance, `see3d-reconstruct VIDEO --out
+  DIR --holdout-every 8 --time-limit T --threads 1` on a video (`--video`, default the orbit in
+  ../shared/data/real_videos/person_stairs.mp4): 40 frames at 320 px posed by the kit's SfM,
+  SfM-point init; held-out PSNR/SSIM/LPIPS from metrics.json, and `DIR/side_by_side.png` (each
+  held-out frame above its render).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import math
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -162,6 +168,27 @@ def bench_rough_depths(num_threads: int | None, seed: int, method: str) -> list[
     return results
 
 
+def bench_capture(video: str, out: str, time_limit: float) -> dict:
+    import cv2
+
+    from see3d_torch.splatting.capture import load_capture
+    from see3d_torch.splatting.cli import main as reconstruct_main
+
+    command = [video, "--out", out, "--holdout-every", "8", "--time-limit", str(time_limit), "--threads", "1"]
+    start, cpu = time.perf_counter(), time.process_time()
+    if reconstruct_main(command) != 0:
+        raise SystemExit("see3d-reconstruct failed")
+    metrics = json.loads(open(f"{out}/metrics.json").read())
+    held_out = metrics["held_out"]
+    posed = load_capture(Path(out, "colmap")).names  # the frames SfM registered, in view order
+    pairs = [np.vstack([cv2.imread(f"{out}/colmap/images/{posed[v]}"), cv2.imread(f"{out}/renders/view_{v:03d}.png")])
+             for v in held_out["views"]]
+    cv2.imwrite(f"{out}/side_by_side.png", np.hstack(pairs))
+    return {"command": "see3d-reconstruct " + " ".join(command), "held_out": held_out, "steps": metrics["steps"],
+            "num_gaussians": metrics["num_gaussians"], "train_seconds": metrics["seconds"],
+            "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "side_by_side": f"{out}/side_by_side.png"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="render,reconstruct,cameras")
@@ -171,6 +198,8 @@ def main() -> None:
     p.add_argument("--camera-steps", type=int, default=300, help="steps of the scene training / joint phase")
     p.add_argument("--camera-method", default="auto", choices=["auto", "depth", "photometric", "depth+photometric"])
     p.add_argument("--camera-seeds", default="1,2", help="perturbation seeds, one run each")
+    p.add_argument("--video", default="../shared/data/real_videos/person_stairs.mp4", help="capture: the video")
+    p.add_argument("--capture-out", default="/tmp/recon_capture", help="capture: the output folder")
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -192,6 +221,9 @@ def main() -> None:
         for seed in (int(s) for s in args.camera_seeds.split(",")):
             report["rough_depths"] += bench_rough_depths(args.threads, seed, args.camera_method)
             print(json.dumps(report["rough_depths"][-4:], indent=1), flush=True)
+    if "capture" in parts:
+        report["capture"] = bench_capture(args.video, args.capture_out, args.time_limit)
+        print(json.dumps(report["capture"], indent=1), flush=True)
     print(json.dumps(report))
 
 

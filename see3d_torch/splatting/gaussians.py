@@ -191,14 +191,18 @@ class Gaussians:
 
     @classmethod
     def from_sfm_points(
-        cls, points: np.ndarray, colors: np.ndarray, sh_degree: int = 0, opacity: float = 0.1, seed: int = 0
+        cls, points: np.ndarray, colors: np.ndarray, sh_degree: int = 0, opacity: float = 0.1, seed: int = 0,
+        radius_factor: float = 1.0,
     ) -> "Gaussians":
         """Gaussians at structure-from-motion points [N, 3] with their RGB `colors` [N, 3] in
-        [0, 1]; each radius is the RMS distance to its 3 nearest neighbours (as 3DGS)."""
+        [0, 1]; each radius is `radius_factor` x the RMS distance to its 3 nearest neighbours
+        (3DGS: factor 1)."""
         points = np.asarray(points, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 3 or len(points) < 2:
             raise ValueError(f"from_sfm_points needs at least 2 points [N, 3], got shape {points.shape}")
-        return cls.from_points(points, colors, nearest_neighbour_radii(points), sh_degree, opacity, seed)
+        if radius_factor <= 0:
+            raise ValueError(f"radius_factor must be positive, got {radius_factor}")
+        return cls.from_points(points, colors, radius_factor * nearest_neighbour_radii(points), sh_degree, opacity, seed)
 
     @classmethod
     def in_frustums(

@@ -51,7 +51,11 @@ from see3d_torch.splatting.rendering import rasterization
 @dataclasses.dataclass
 class ReconstructionConfig:
     steps: int = 1_000
-    time_limit_s: float | None = None  # stop early (after a whole step) when exceeded
+    # stop after the whole step that exceeds it. The schedule (learning-rate decay, the end of
+    # densification, SH degree) follows the larger of steps done / steps and time spent / the
+    # time left for training, so that a run the time limit ends still finishes its schedule
+    # (densification still refines every `refine_every` steps done: its statistics need them)
+    time_limit_s: float | None = None
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"  # rasterization backend: "auto", "torch" or "gsplat"
@@ -68,6 +72,7 @@ class ReconstructionConfig:
     init_views: tuple[int, ...] | None = None  # depth init: views whose depths are used (default: all trained)
     init_opacity: float = 0.5
     init_footprint_px: float = 1.0  # depth init: Gaussian radius in pixels at its depth
+    init_scale: float = 1.0  # points init: radius = this x the RMS distance to the 3 nearest points (gsplat's init_scale)
     sh_degree: int = 0  # the synthetic world is Lambertian; real views may want 3
     sh_degree_interval: int = 1_000  # raise the active SH degree every this many steps
     # learning rates (gsplat's defaults; means' rate is multiplied by the scene scale)
@@ -417,7 +422,8 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
     if init == "points":
         if points is None:
             raise ValueError("init='points' needs points (structure-from-motion points)")
-        gaussians = Gaussians.from_sfm_points(points[0], points[1], config.sh_degree, config.init_opacity, config.seed)
+        gaussians = Gaussians.from_sfm_points(points[0], points[1], config.sh_degree, config.init_opacity, config.seed,
+                                              radius_factor=config.init_scale)
     elif init == "depth":
         if depths is None:
             raise ValueError("init='depth' needs depths")
@@ -446,8 +452,6 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         "opacity_logits": config.opacities_lr, "sh0": config.sh0_lr, "shN": config.shN_lr,
     }
     optimizers = {name: torch.optim.Adam([params[name]], lr=learning_rates[name], eps=1e-15) for name in PARAMETER_NAMES}
-    means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
-    camera_decay = config.camera_lr_final_factor ** (1.0 / config.steps)
     strategy = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
 
     c2w_all, Ks_all = _camera_tensors(cameras, device)
@@ -487,13 +491,30 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         result["seconds"] = time.perf_counter() - start_time
         evaluations.append(result)
 
+    train_start = time.perf_counter()
+    training_time = None if config.time_limit_s is None else max(config.time_limit_s - (train_start - start_time), 1e-3)
+
+    def schedule_position(step: int) -> int:
+        """The step's place in the step schedule: ahead of `step` when time runs out first."""
+        if training_time is None:
+            return step
+        by_time = int(config.steps * (time.perf_counter() - train_start) / training_time)
+        return max(step, min(by_time, config.steps - 1))
+
     step = 0
     for step in range(config.steps):
+        position = schedule_position(step)
+        progress_fraction = position / config.steps
+        for group in optimizers["means"].param_groups:
+            group["lr"] = learning_rates["means"] * config.means_lr_final_factor ** progress_fraction
+        for group, base in zip(camera_optimizer.param_groups if camera_optimizer is not None else (),
+                               (config.camera_rotation_lr, config.camera_translation_lr * scale)):
+            group["lr"] = base * config.camera_lr_final_factor ** progress_fraction
         if not order:
             order = list(generator.permutation(len(train_views)))
         slot = order.pop()
         view = train_views[slot]
-        sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
+        sh_degree = min(position // config.sh_degree_interval, config.sh_degree)
         slot_t = torch.tensor([slot], device=device)
         c2w = c2w_all[view : view + 1]
         if camera_refinement is not None:
@@ -516,16 +537,12 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
             if valid.any():
                 loss = loss + config.depth_weight * (out[..., 3][valid] - given[valid]).abs().mean() / scale
         loss.backward()
-        if strategy is not None:
+        if strategy is not None and position < config.densification.refine_stop:
             strategy.step_post_backward(params, optimizers, meta, step)
         for optimizer in [*optimizers.values(), *extra_optimizers]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for group in optimizers["means"].param_groups:
-            group["lr"] *= means_decay
-        for group in camera_optimizer.param_groups if camera_optimizer is not None else ():
-            group["lr"] *= camera_decay
-        history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
+        history.append({"step": step, "schedule_step": position, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
                         "seconds": time.perf_counter() - start_time})
         if progress is not None:
             progress.update(1)
