@@ -22,16 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from see3d_core.images import depth_to_rgb, to_uint8, write_png
+
 BACKENDS = ("auto", "pipeline", "unet", "jax", "warp-only")
-
-
-def _depth_to_rgb(depth: np.ndarray, far: float) -> np.ndarray:
-    d = np.clip(depth / far, 0.0, 1.0)
-    colored = cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    return colored[..., ::-1]
 
 
 def render_world(out: Path, seed: int, num_frames: int, size: int, trajectory: str, overwrite: bool = False) -> dict:
@@ -67,14 +62,14 @@ def render_world(out: Path, seed: int, num_frames: int, size: int, trajectory: s
         clip_name, [f.rgb for f in frames], source=f"synthetic:seed={seed}", fps=10.0,
         cameras=cams, depths=[f.depth for f in frames],
     )
-    rgb = [(f.rgb * 255 + 0.5).astype(np.uint8) for f in frames]
+    rgb = [to_uint8(f.rgb) for f in frames]
     far = float(np.percentile(np.concatenate([f.depth.ravel() for f in frames]), 95))
     picks = np.linspace(0, len(frames) - 1, min(6, len(frames))).round().astype(int)
     grid = np.concatenate(
-        [np.concatenate([rgb[i] for i in picks], axis=1), np.concatenate([_depth_to_rgb(frames[i].depth, far) for i in picks], axis=1)],
+        [np.concatenate([rgb[i] for i in picks], axis=1), np.concatenate([to_uint8(depth_to_rgb(frames[i].depth, near=0.0, far=far)) for i in picks], axis=1)],
         axis=0,
     )
-    cv2.imwrite(str(out / "preview.png"), grid[..., ::-1])
+    write_png(out / "preview.png", grid)
     videos.write_mp4(out / "preview.mp4", np.stack(rgb), fps=10.0)
     trajectories.save_json(out / "cameras.json", cams)
     return {
@@ -183,7 +178,8 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
 def _cmd_generate(args: argparse.Namespace) -> int:
     from see3d_torch.generation import inputs
     from see3d_torch.generation.loop import GenerationConfig, generate_views
-    from see3d_torch.generation.report import image_grid, read_image, write_png
+    from see3d_core.images import read_image
+    from see3d_torch.generation.report import image_grid
 
     _set_threads(args.threads)
     t0 = time.perf_counter()
@@ -225,6 +221,37 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     written["grid"] = str(out / "grid.png")
     _print_summary("see3d generate wrote", {**written, "inputs": len(images), "generated": int(len(result.generated)),
                                             "backend": backend.name}, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_released(args: argparse.Namespace) -> int:
+    """The authors' `inference.py` on their folder layout, with the kit's pipeline."""
+    from see3d_torch.pipeline import See3DPipeline, generate_with_super_resolution, load_released_inputs
+
+    _set_threads(args.threads)
+    t0 = time.perf_counter()
+    device = pick_device(args.device)
+    offline = True if args.offline else None
+    refs, warps, masks, names = load_released_inputs(args.references, args.warps, (args.size, args.size))
+    variant = args.variant if args.variant != "auto" else ("single" if len(refs) == 1 else "sparse")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"see3d released: {len(refs)} references, {len(warps)} warps, UNet {variant} on {device}", file=sys.stderr, flush=True)
+    if args.super_resolution:
+        base, upscaled = generate_with_super_resolution(args.weights, refs, warps, masks, variant=variant, seed=args.seed,
+                                                        device=device, offline=offline)
+    else:
+        pipe = See3DPipeline.from_pretrained(args.weights, variant=variant, device=device, offline=offline)
+        base, upscaled = pipe(refs, warps, masks, seed=args.seed), None
+    written = {}
+    for name, image in zip(names, base):
+        write_png(out / f"predict_{name}.png", image)
+    written["base"] = str(out / "predict_*.png")
+    if upscaled is not None:
+        for name, image in zip(names, upscaled):
+            write_png(out / f"SR_predict_{name}.png", image)
+        written["super_resolution"] = str(out / "SR_predict_*.png")
+    _print_summary("see3d released wrote", {**written, "references": len(refs), "warps": len(warps)}, time.perf_counter() - t0)
     return 0
 
 
@@ -303,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, float16), cuda, cpu")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.set_defaults(func=_cmd_generate)
+
+    rel = sub.add_parser("released", help="the authors' inference.py on their folder layout (reference images, "
+                         "warp_*/mask_* images) with the kit's pipeline; seeded, references sorted")
+    rel.add_argument("references", help="folder of reference images")
+    rel.add_argument("warps", help="folder of warp_XXX images and their mask_XXX twins")
+    rel.add_argument("--out", required=True, help="output directory (predict_XXX.png, SR_predict_XXX.png)")
+    rel.add_argument("--weights", default="bruiiii/See3D", help="released See3D folder or Hugging Face repository id")
+    rel.add_argument("--variant", default="auto", choices=("auto", "single", "sparse"), help="auto: single for one reference")
+    rel.add_argument("--super-resolution", action="store_true", help="also run the 2x SR stage (1024 px)")
+    rel.add_argument("--size", type=int, default=512, help="base image side (the released models: 512)")
+    rel.add_argument("--seed", type=int, default=0)
+    rel.add_argument("--device", default="auto", help="auto (CUDA when available, float16), cuda, cpu")
+    rel.add_argument("--offline", action="store_true", help="never download (the local Hugging Face cache only)")
+    rel.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    rel.set_defaults(func=_cmd_released)
 
     rec = sub.add_parser("reconstruct", help="Gaussian Splatting on the views of a `see3d generate` run")
     rec.add_argument("run", help="output directory of `see3d generate` (or a folder of images with --cameras)")

@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 
 from see3d_core.diffusion import DDIMConfig, num_sampler_steps
+from see3d_core.images import to_uint8
 from see3d_core.released_layout import CLIP_VISION_DIR, UNET_CONFIG, UNET_VARIANTS, UNET_WEIGHTS, released_unet_dir
 from see3d_core.weights import RELEASED_SEE3D_REPO, WeightsError, resolve_weights, safetensors_header
 from see3d_torch.condition import RELEASED, ConditionConfig, resize_masks_nearest
@@ -365,11 +366,6 @@ class See3DPipeline:
 
 # --- inputs as the authors' inference.py prepares them ------------------------------------------------
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[N, H, W, 3] floats in [0, 1] -> uint8 as diffusers' `numpy_to_pil` rounds them."""
-    return (np.clip(np.asarray(images, np.float32), 0, 1) * 255).round().astype(np.uint8)
-
-
 def resize_images_pil(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 [N, H, W, 3] -> [N, size_h, size_w, 3] floats in [0, 1] with PIL's default
     (bicubic) resize, as `inference.py`'s `img.resize((width, height))`."""
@@ -473,6 +469,34 @@ def generate_with_super_resolution(root: str | Path, reference_images: np.ndarra
     return generated, upscaled
 
 
+def load_released_inputs(reference_dir: str | Path, warp_dir: str | Path, size: tuple[int, int] = (512, 512)):
+    """Inputs in the layout of the authors' example data and `inference.py`: reference images in
+    `reference_dir`, `warp_*` images and their `mask_*` twins in `warp_dir`. Read as they read
+    them (PIL, resized with PIL's default bicubic to `size` = (height, width); masks known where
+    value / 255 > 0.9), references in name order (theirs: unsorted glob). Returns (references
+    [R, H, W, 3], warps [T, H, W, 3], masks [T, H, W], warp names)."""
+    def read(path: Path) -> np.ndarray:
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as e:
+            raise ValueError(f"image {path}: cannot be read ({e})") from e
+        return np.asarray(image.resize((size[1], size[0])), np.uint8)
+
+    references = [read(p) for p in sorted_image_files(reference_dir)]
+    warp_dir = _require(Path(warp_dir), "warp folder")
+    warps = sorted(p for p in warp_dir.glob("warp_*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+    if not warps:
+        raise FileNotFoundError(f"no warp_* images in {warp_dir} (expected warp_XXX.png with mask_XXX.png beside)")
+    masks = []
+    for w in warps:
+        mask = w.with_name(w.name.replace("warp", "mask", 1))
+        if not mask.is_file():
+            raise FileNotFoundError(f"mask for {w.name} not found: {mask}")
+        masks.append(read_mask_image(mask, size))
+    to01 = lambda images: np.stack(images).astype(np.float32) / np.float32(255)  # noqa: E731
+    return to01(references), to01([read(w) for w in warps]), np.stack(masks), [w.stem for w in warps]
+
+
 def sorted_image_files(folder: str | Path) -> list[Path]:
     """Image files of a folder in name order (the released code used an unsorted glob although
     the first reference drives the CLIP context)."""
@@ -490,6 +514,7 @@ __all__ = [
     "check_release_folder",
     "empty_prompt_embedding",
     "generate_with_super_resolution",
+    "load_released_inputs",
     "read_mask_image",
     "released_scheduler",
     "released_sr_groups",

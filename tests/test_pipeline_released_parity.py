@@ -236,3 +236,48 @@ def test_truncated_corrupt_and_mismatched_weights_are_named(release_root, tmp_pa
     with pytest.raises(WeightsError, match="vae"):
         See3DPipeline.from_pretrained(root, variant="sparse")
     assert (root / CLIP_VISION_DIR).is_dir()
+
+
+# --- the authors' folder layout through `see3d released` -----------------------------------------------
+
+def _write_authors_layout(folder, size=16, n_warps=2):
+    rng = np.random.default_rng(3)
+    refs, warps = folder / "reference_images", folder / "warp_images"
+    refs.mkdir(parents=True)
+    warps.mkdir()
+    Image.fromarray(rng.integers(0, 256, (size + 4, size + 4, 3), dtype=np.uint8)).save(refs / "b_ref.png")
+    for k in range(n_warps):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(warps / f"warp_{k:03d}.png")
+        mask = np.full((size, size), 255, np.uint8)
+        mask[: size // 2, k:] = 0
+        Image.fromarray(mask, mode="L").save(warps / f"mask_{k:03d}.png")
+    return refs, warps
+
+
+def test_released_inputs_are_read_as_inference_py(tmp_path):
+    refs, warps = _write_authors_layout(tmp_path)
+    references, images, masks, names = pl.load_released_inputs(refs, warps, (16, 16))
+    assert references.shape == (1, 16, 16, 3) and images.shape == (2, 16, 16, 3) and names == ["warp_000", "warp_001"]
+    want = np.asarray(Image.open(refs / "b_ref.png").convert("RGB").resize((16, 16)), np.float32) / np.float32(255)
+    np.testing.assert_array_equal(references[0], want)  # PIL's default (bicubic) resize, as PIL2tensor
+    np.testing.assert_array_equal(masks[1], pl.read_mask_image(warps / "mask_001.png", (16, 16)))
+    (warps / "mask_001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="mask_001.png"):
+        pl.load_released_inputs(refs, warps, (16, 16))
+
+
+def test_released_command_writes_base_and_sr_views(release_root, tmp_path, capsys):
+    from see3d_core import cli
+
+    refs, warps = _write_authors_layout(tmp_path)
+    out = tmp_path / "out"
+    argv = ["released", str(refs), str(warps), "--weights", str(release_root), "--size", "16", "--device", "cpu",
+            "--super-resolution", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["references"] == 1 and summary["warps"] == 2
+    for name in ("predict_warp_000.png", "predict_warp_001.png"):
+        assert Image.open(out / name).size == (16, 16)
+        assert Image.open(out / ("SR_" + name)).size == (32, 32)
+    assert cli.main(["released", str(refs), str(tmp_path / "nowhere"), "--weights", str(release_root), "--out", str(out)]) == 2
+    assert "nowhere" in capsys.readouterr().err

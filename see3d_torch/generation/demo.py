@@ -193,7 +193,8 @@ def _run_method(name: str, backend, world: DemoScene, config: DemoConfig, out: P
 def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
     """Run the demo into `out`; returns the summary (paths written, headline metrics)."""
     from see3d_torch.generation.backends import TorchUNetBackend, WarpOnlyBackend
-    from see3d_torch.generation.report import image_grid, write_html_report, write_png
+    from see3d_core.images import write_png
+    from see3d_torch.generation.report import image_grid, write_html_report
 
     t0 = time.perf_counter()
     out = Path(out)

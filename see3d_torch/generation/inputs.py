@@ -26,6 +26,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from see3d_core.images import to_uint8, write_png
+
 from see3d_core import trajectories
 from see3d_core.cameras import Camera, intrinsics_from_fov, invert_pose
 
@@ -130,13 +132,10 @@ def _anchored_to_first_pair(c2ws: Sequence[np.ndarray]) -> list[np.ndarray]:
     return anchored
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
-
 
 def _two_view_c2ws(images: Sequence[np.ndarray], K: np.ndarray, min_matches: int) -> list[np.ndarray]:
     """Two-view geometry between the first two images, then PnP for every further one."""
-    feats = [_sift(cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2GRAY)) for img in images]
+    feats = [_sift(cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2GRAY)) for img in images]
     kp0, d0 = feats[0]
     kp1, d1 = feats[1]
     pairs = _ratio_matches(d0, d1)
@@ -203,7 +202,7 @@ def _colmap_c2ws(images: Sequence[np.ndarray], K: np.ndarray, seed: int = 0) -> 
             image_dir, database = Path(tmp) / "images", Path(tmp) / "database.db"
             image_dir.mkdir()
             for name, img in zip(names, images):
-                cv2.imwrite(str(image_dir / name), cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2BGR))
+                write_png(image_dir / name, img)
             # COLMAP puts pixel centres at +0.5, the kit at integers
             reader = pycolmap.ImageReaderOptions(camera_model="SIMPLE_PINHOLE",
                                                  camera_params=f"{K[0, 0]:.17g},{K[0, 2] + 0.5:.17g},{K[1, 2] + 0.5:.17g}")

@@ -98,7 +98,7 @@ class GenerationResult:
     def save(self, out: str | os.PathLike) -> dict[str, str]:
         """Write views/, depths/ (.npy), masks/, conditions/ (PNG), cameras.json and
         generation.json under `out`; returns the paths written by kind."""
-        from see3d_torch.generation.report import depth_to_rgb, write_png
+        from see3d_core.images import depth_to_rgb, write_png
 
         out = Path(out)
         for sub in ("views", "depths", "masks", "conditions"):
@@ -109,7 +109,7 @@ class GenerationResult:
             write_png(out / "conditions" / f"condition_{i:03d}.png", self.conditions[i])
             write_png(out / "masks" / f"mask_{i:03d}.png", np.repeat(self.masks[i][..., None], 3, axis=-1))
             np.save(out / "depths" / f"depth_{i:03d}.npy", self.depths[i].astype(np.float32))
-            write_png(out / "depths" / f"depth_{i:03d}.png", depth_to_rgb(self.depths[i], far))
+            write_png(out / "depths" / f"depth_{i:03d}.png", depth_to_rgb(self.depths[i], near=0.0, far=far))
         trajectories.save_json(out / "cameras.json", self.cameras)
         record = {
             "backend": self.backend,

@@ -11,33 +11,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an RGB image in [0, 1] ([H, W, 3]) as PNG."""
-    if not cv2.imwrite(str(path), to_uint8(image)[..., ::-1]):
-        raise OSError(f"could not write {path}")
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB float32 [H, W, 3] in [0, 1]; a clear error when unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not an image OpenCV can read (expected PNG, JPEG, ...)")
-    return bgr[..., ::-1].astype(np.float32) / 255.0
-
-
-def depth_to_rgb(depth: np.ndarray, far: float) -> np.ndarray:
-    """Near is bright: a viridis picture of a z-depth map, in [0, 1]."""
-    d = np.clip(depth / max(far, 1e-6), 0.0, 1.0)
-    colored = cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    return colored[..., ::-1].astype(np.float32) / 255.0
+from see3d_core.images import to_uint8
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, row_labels: Sequence[str] | None = None,
