@@ -85,3 +85,25 @@ def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
         return released_unet_config(raw, source=str(path))
     # the file is already parsed: build from it rather than reading it again through UNetConfig.load
     return UNetConfig.from_dict(raw, source=str(path)), None
+
+
+CHECKPOINT_FORMATS = ("released", "flax", "torch_unet")
+
+
+def detect_checkpoint_format(folder: str | Path) -> str:
+    """What a weights folder holds, from its layout: "released" (the See3D release,
+    `model_index.json`), "flax" (an orbax checkpoint with `params/` or the trainer's `RUN/ema`
+    export, `diffusion_flax_model.safetensors`) or "torch_unet" (`config.json` + safetensors).
+    Raises ValueError naming the folder and the layouts it expected."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return "released"
+    if (folder / "params").is_dir() or (folder / "diffusion_flax_model.safetensors").is_file():
+        return "flax"
+    if (folder / UNET_CONFIG).is_file() and any(folder.glob("*.safetensors")):
+        return "torch_unet"
+    raise ValueError(
+        f"--weights {folder}: not a released See3D folder (model_index.json), a torch UNet folder "
+        "(config.json + *.safetensors) or a Flax checkpoint (params/ or diffusion_flax_model.safetensors); "
+        "pass --backend to say which"
+    )

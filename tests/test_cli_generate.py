@@ -4,7 +4,7 @@ backend is chosen from the weights folder's layout, and the released-weights pat
 import numpy as np
 import pytest
 
-from see3d_core import cli
+from see3d_cli import main as cli
 
 
 def _png(path, size=32):
@@ -107,3 +107,25 @@ def cv2_read(path):
     import cv2
 
     return cv2.imread(str(path))[..., ::-1]
+
+
+def test_debug_raises_with_the_traceback(tmp_path, capsys):
+    missing = str(tmp_path / "missing.png")
+    assert cli.main(["generate", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "--debug" in capsys.readouterr().err  # the one-line error says how to get the traceback
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        cli.main(["--debug", "generate", missing, "--out", str(tmp_path / "o")])
+
+
+def test_checkpoint_format_is_detected_beside_the_released_layout(tmp_path):
+    from see3d_core.released_layout import detect_checkpoint_format
+
+    (tmp_path / "released").mkdir()
+    (tmp_path / "released" / "model_index.json").write_text("{}")
+    (tmp_path / "flax" / "params").mkdir(parents=True)
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "config.json").write_text("{}")
+    (tmp_path / "torch" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert [detect_checkpoint_format(tmp_path / k) for k in ("released", "flax", "torch")] == ["released", "flax", "torch_unet"]
+    with pytest.raises(ValueError, match="model_index.json"):
+        detect_checkpoint_format(tmp_path)

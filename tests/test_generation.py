@@ -189,7 +189,7 @@ def test_trainer_export_runs_in_jax_and_is_refused_by_torch(tmp_path):
     jax = pytest.importorskip("jax")
     from flax import nnx
 
-    from see3d_core import cli
+    from see3d_cli import main as cli
     from see3d_core.unet_config import tiny
     from see3d_jax.generation_backend import JaxSamplerBackend
     from see3d_jax.unet import UNet, save_weights

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from see3d_core import cli, synthetic
+from see3d_cli import main as cli
+from see3d_core import synthetic
 from see3d_core.cameras import rotation_angle_deg, similarity_aligned
 from see3d_torch.generation import inputs
 

@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("see3d_torch.splatting.reconstruct")
 
-from see3d_core import cli, trajectories  # noqa: E402
+from see3d_cli import main as cli  # noqa: E402
+from see3d_core import trajectories  # noqa: E402
 
 
 @pytest.fixture(scope="module")

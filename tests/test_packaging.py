@@ -52,6 +52,36 @@ def test_import_boundary(package, forbidden):
     assert out.stdout.strip() == "", f"importing {package} loaded {forbidden}: {out.stdout.strip()[:200]}"
 
 
+# what each package may never import, at any level (module top, function bodies, TYPE_CHECKING blocks)
+FORBIDDEN_IMPORTS = {
+    "see3d_core": ("torch", "jax", "flax", "optax", "orbax", "see3d_jax", "see3d_torch", "see3d_cli"),
+    "see3d_jax": ("torch", "diffusers", "transformers", "see3d_torch", "see3d_cli"),
+    "see3d_torch": ("jax", "flax", "optax", "orbax", "see3d_jax", "see3d_cli"),
+}
+
+
+def _imported_roots(path: Path) -> list[tuple[int, str]]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN_IMPORTS))
+def test_import_boundary_in_the_source_function_level_included(package):
+    """The runtime test above only sees module-level imports; a lazy import inside a function
+    would cross the boundary only when called. Read every import statement instead."""
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {root}"
+           for path in sorted((ROOT / package).rglob("*.py"))
+           for line, root in _imported_roots(path) if root in FORBIDDEN_IMPORTS[package]]
+    assert not bad, "\n".join(bad)
+
+
 def test_constraints_pin_torch():
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     assert "PIP_CONSTRAINT" in (ROOT / "Makefile").read_text()

@@ -267,7 +267,7 @@ def test_released_inputs_are_read_as_inference_py(tmp_path):
 
 
 def test_released_command_writes_base_and_sr_views(release_root, tmp_path, capsys):
-    from see3d_core import cli
+    from see3d_cli import main as cli
 
     refs, warps = _write_authors_layout(tmp_path)
     out = tmp_path / "out"

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from see3d_core import clips, cli, videos
+from see3d_cli import main as cli
+from see3d_core import clips, videos
 
 
 def test_labelled_videos_have_the_right_motion():
@@ -64,5 +65,5 @@ def test_dataset_command_writes_posed_training_clips(tmp_path, capsys):
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "see3d_core.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "see3d_cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout

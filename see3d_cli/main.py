@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from see3d_core.images import depth_to_rgb, to_uint8, write_png
+from see3d_core.released_layout import detect_checkpoint_format
 
 BACKENDS = ("auto", "pipeline", "unet", "jax", "warp-only")
 
@@ -149,17 +150,7 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
     else:
         folder = resolve_weights(weights, offline=offline)
     if kind == "auto":
-        if (folder / "model_index.json").is_file():
-            kind = "pipeline"
-        elif (folder / "params").is_dir() or (folder / "diffusion_flax_model.safetensors").is_file():
-            kind = "jax"  # an orbax checkpoint or the trainer's `WORKDIR/ema` export (Flax layout)
-        elif (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-            kind = "unet"
-        else:
-            raise ValueError(
-                f"--weights {folder}: not a released See3D folder (model_index.json), a torch UNet folder "
-                "(config.json + *.safetensors) or a Flax checkpoint; pass --backend to say which"
-            )
+        kind = {"released": "pipeline", "flax": "jax", "torch_unet": "unet"}[detect_checkpoint_format(folder)]
     if kind == "pipeline":
         from see3d_torch.generation.backends import See3DPipelineBackend
 
@@ -177,7 +168,7 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from see3d_torch.generation import inputs
-    from see3d_torch.generation.loop import GenerationConfig, generate_views
+    from see3d_torch.generation.loop import GenerationConfig, generate_views, unaligned_depth
     from see3d_core.images import read_image
     from see3d_torch.generation.report import image_grid
 
@@ -198,10 +189,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, args.weights, device, args.steps, variant, offline)
     estimator = _depth_estimator(args.depth_model, offline)
     print(f"see3d generate: backend {backend.name} on {device}", file=sys.stderr, flush=True)
-    first_depth = estimator.predict(images[0], cams[0])
-    first_depth = np.asarray(first_depth.detach().cpu() if hasattr(first_depth, "detach") else first_depth)
-    if getattr(estimator, "output_space", "depth") == "disparity":
-        first_depth = 1.0 / np.maximum(first_depth, 1e-3 * first_depth.max())
+    first_depth = np.asarray(estimator.predict(images[0], cams[0]).detach().cpu())
+    first_depth = unaligned_depth(first_depth, getattr(estimator, "output_space", "depth"))
     if len(images) > 1:  # estimated cameras are in units of the first baseline, not of the depth
         focus = float(np.median([np.linalg.norm(c.center - cams[0].center) for c in cams[1:]])) * 4.0
     else:
@@ -292,6 +281,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="see3d", description="See3D research kit")
+    parser.add_argument("--debug", action="store_true", help="on an error, raise with the full traceback instead of a one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the whole pipeline on a synthetic scene: generate, splat, measure, report")
@@ -384,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"see3d {args.command}: error: {e}", file=sys.stderr)
+        if args.debug:  # the whole traceback, for a bug report
+            raise
+        print(f"see3d {args.command}: error: {e} (--debug shows the traceback)", file=sys.stderr)
         return 2
     finally:  # callers in the same process (tests, notebooks) keep their thread count
         if threads is not None:
