@@ -42,26 +42,40 @@ def _rgb_uint8(image, name: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> dict[int, int]:
+def sift_features(gray: np.ndarray, max_keypoints: int = 4000):
+    """OpenCV SIFT keypoints and descriptors of a uint8 grey image."""
+    return cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+
+
+def _ratio_map(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> dict[int, int]:
     """Index in a -> index in b for matches passing Lowe's ratio test."""
-    if len(desc_a) < 2 or len(desc_b) < 2:
+    if desc_a is None or desc_b is None or len(desc_a) < 2 or len(desc_b) < 2:
         return {}
     knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(desc_a, desc_b, k=2)
     return {m.queryIdx: m.trainIdx for m, n in (p for p in knn if len(p) == 2) if m.distance < ratio * n.distance}
 
 
-def _sift_matches(a: np.ndarray, b: np.ndarray, ratio: float, mutual: bool, max_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
-    sift = cv2.SIFT_create(nfeatures=max_keypoints)
-    kp_a, desc_a = sift.detectAndCompute(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), None)
-    kp_b, desc_b = sift.detectAndCompute(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None)
-    if desc_a is None or desc_b is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    a_to_b = _ratio_matches(desc_a, desc_b, ratio)
-    if mutual:
-        b_to_a = _ratio_matches(desc_b, desc_a, ratio)
-        pairs = [(i, j) for i, j in a_to_b.items() if b_to_a.get(j) == i]
+def ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8, cross_check: str | None = "ratio") -> list[tuple[int, int]]:
+    """Descriptor index pairs (i in a, j in b) passing Lowe's ratio test from a to b: the one SIFT
+    matcher of the kit. cross_check: "ratio" keeps pairs that also pass the ratio test from b to
+    a (strict: Eq. 15's keypoint depths); "nearest" keeps pairs whose b descriptor's nearest
+    neighbour in a is i (more matches: two-view camera estimation); None keeps every pair."""
+    a_to_b = _ratio_map(desc_a, desc_b, ratio)
+    if cross_check is None:
+        return list(a_to_b.items())
+    if cross_check == "ratio":
+        b_to_a = _ratio_map(desc_b, desc_a, ratio)
+    elif cross_check == "nearest":
+        b_to_a = {m.queryIdx: m.trainIdx for m in cv2.BFMatcher(cv2.NORM_L2).match(desc_b, desc_a)} if a_to_b else {}
     else:
-        pairs = list(a_to_b.items())
+        raise ValueError(f"cross_check: expected 'ratio', 'nearest' or None, got {cross_check!r}")
+    return [(i, j) for i, j in a_to_b.items() if b_to_a.get(j) == i]
+
+
+def _sift_matches(a: np.ndarray, b: np.ndarray, ratio: float, mutual: bool, max_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
+    kp_a, desc_a = sift_features(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), max_keypoints)
+    kp_b, desc_b = sift_features(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), max_keypoints)
+    pairs = ratio_matches(desc_a, desc_b, ratio, "ratio" if mutual else None)
     uv_a = np.array([kp_a[i].pt for i, _ in pairs], np.float32).reshape(-1, 2)
     uv_b = np.array([kp_b[j].pt for _, j in pairs], np.float32).reshape(-1, 2)
     return uv_a, uv_b

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from see3d_core.images import to_uint8, write_png
+from see3d_torch.features import ratio_matches, sift_features
 
 from see3d_core import trajectories
 from see3d_core.cameras import Camera, intrinsics_from_fov, invert_pose
@@ -48,21 +49,6 @@ def load_input_cameras(path: str | Path, images: Sequence[np.ndarray]) -> list[C
         raise ValueError(f"{path}: has {len(cams)} cameras for {len(images)} input images; expected one per image, in order")
     return [c.resized(img.shape[1], img.shape[0]) if (c.width, c.height) != (img.shape[1], img.shape[0]) else c
             for c, img in zip(cams, images)]
-
-
-def _sift(gray: np.ndarray):
-    sift = cv2.SIFT_create(nfeatures=4000)
-    return sift.detectAndCompute(gray, None)
-
-
-def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8) -> list[tuple[int, int]]:
-    if desc_a is None or desc_b is None or len(desc_a) < 2 or len(desc_b) < 2:
-        return []
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    forward = matcher.knnMatch(desc_a, desc_b, k=2)
-    backward = {m.queryIdx: m.trainIdx for m in matcher.match(desc_b, desc_a)}
-    return [(m.queryIdx, m.trainIdx) for m, n2 in (p for p in forward if len(p) == 2)
-            if m.distance < ratio * n2.distance and backward.get(m.trainIdx) == m.queryIdx]
 
 
 def _sampson_refine(R: np.ndarray, t: np.ndarray, p0: np.ndarray, p1: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,10 +121,10 @@ def _anchored_to_first_pair(c2ws: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def _two_view_c2ws(images: Sequence[np.ndarray], K: np.ndarray, min_matches: int) -> list[np.ndarray]:
     """Two-view geometry between the first two images, then PnP for every further one."""
-    feats = [_sift(cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2GRAY)) for img in images]
+    feats = [sift_features(cv2.cvtColor(to_uint8(img), cv2.COLOR_RGB2GRAY)) for img in images]
     kp0, d0 = feats[0]
     kp1, d1 = feats[1]
-    pairs = _ratio_matches(d0, d1)
+    pairs = ratio_matches(d0, d1, cross_check="nearest")
     if len(pairs) < min_matches:
         raise ValueError(f"input images 0 and 1 share only {len(pairs)} SIFT matches (need {min_matches}); "
                          "pass --cameras or try --camera-method colmap")
@@ -162,7 +148,7 @@ def _two_view_c2ws(images: Sequence[np.ndarray], K: np.ndarray, min_matches: int
     for k in range(2, len(images)):
         kpk, dk = feats[k]
         obj, img_pts = [], []
-        for i, j in _ratio_matches(d0, dk):
+        for i, j in ratio_matches(d0, dk, cross_check="nearest"):
             if i in points:
                 obj.append(points[i])
                 img_pts.append(kpk[j].pt)
