@@ -57,7 +57,7 @@ def measure(variant: str, views: int, latent_size: int, devices: int, fsdp: int)
                                            sharding=trainer.batch_shardings["views"])}
     t0, c0 = time.perf_counter(), time.process_time()
     with activation_sharding(trainer.mesh, trainer.rules):
-        lowered = trainer.train_step.lower(state, batch)
+        lowered = trainer.train_step.lower(state, batch, trainer.encoder_params)
     compiled = lowered.compile()
     memory = compiled.memory_analysis()
     return {

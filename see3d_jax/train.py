@@ -54,8 +54,11 @@ from see3d_jax import schedules
 from see3d_jax.sharding import activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, variable_logical_axes
 from see3d_jax.train_config import TrainConfig, preset
 from see3d_jax.unet import UNet, forward_flops, initial_parameters, save_weights
+from see3d_jax.vae import LatentEncoder
 
-EncodeFn = Callable[[jax.Array], jax.Array]
+# pixels [B, K, H, W, 3] -> scaled latents [B, K, h, w, C]: a `see3d_jax.vae.LatentEncoder`
+# (its parameters become an argument of the jitted step) or a parameter-free function
+EncodeFn = Callable[[jax.Array], jax.Array] | LatentEncoder
 
 
 def condition_config(config: TrainConfig) -> cond.ConditionConfig:
@@ -97,7 +100,10 @@ class Trainer:
         self.config = config
         self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
         self.rules = config.sharding_rules
-        self.encode_fn = encode_fn
+        if isinstance(encode_fn, LatentEncoder):
+            self._encode_apply, encoder_params = encode_fn.apply, encode_fn.params
+        else:  # a function without parameters (a stand-in, or pixel space when None)
+            self._encode_apply, encoder_params = (None if encode_fn is None else lambda _, pixels: encode_fn(pixels)), None
         self.schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
         self.condition_config = condition_config(config)
         self.tx, self.lr = make_optimizer(config)
@@ -118,6 +124,8 @@ class Trainer:
         self.context = jnp.asarray(context)
 
         replicated = NamedSharding(self.mesh, PartitionSpec())
+        # the VAE encoder (84M parameters for SD's) is replicated: small next to the UNet
+        self.encoder_params = jax.device_put(encoder_params, replicated)
         param_shardings: dict = {}
         for path, var in nnx.to_flat_state(abstract_params):
             spec = logical_to_spec(variable_logical_axes(var), var.get_value().shape, self.mesh, self.rules)
@@ -141,7 +149,7 @@ class Trainer:
             batch_ndims["latents"] = 5
         self.batch_shardings = {k: NamedSharding(self.mesh, batch_spec(n)) for k, n in batch_ndims.items()}
         self.train_step = jax.jit(
-            self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
+            self._train_step, in_shardings=(self.state_shardings, self.batch_shardings, replicated),
             out_shardings=(self.state_shardings, replicated), donate_argnums=(0,),
         )
 
@@ -196,9 +204,13 @@ class Trainer:
         return jnp.broadcast_to(self.context, (batch,) + self.context.shape)
 
     # --- the step ----------------------------------------------------------------------------
-    def loss(self, params, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, params, batch: dict[str, jax.Array], key: jax.Array, encoder_params=None) -> tuple[jax.Array, dict]:
+        """The training loss of one batch; `encoder_params` defaults to the trainer's own (pass
+        them explicitly inside jitted code, so they are not embedded as constants)."""
         views = constrain(batch["views"], ("batch", None, None, None, None))
-        tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, self.encode_fn,
+        encoder_params = self.encoder_params if encoder_params is None else encoder_params
+        encode_fn = None if self._encode_apply is None else lambda pixels: self._encode_apply(encoder_params, pixels)
+        tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, encode_fn,
                                        batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"),
                                        batch.get("latents"))
         out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
@@ -214,13 +226,13 @@ class Trainer:
         loss = jnp.sum(per_view * view_weight) / jnp.maximum(jnp.sum(tb.loss_mask), 1.0)
         return loss, {}
 
-    def _train_step(self, state, batch):
+    def _train_step(self, state, batch, encoder_params):
         cfg = self.config
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         accum = cfg.grad_accum_steps
         if accum == 1:
-            (loss, _), grads = grad_fn(state["params"], batch, key)
+            (loss, _), grads = grad_fn(state["params"], batch, key, encoder_params)
         else:
             # micro-batch i takes samples i, i + accum, ...: every device keeps its own samples
             micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1), batch)
@@ -228,7 +240,7 @@ class Trainer:
             def body(carry, inputs):
                 grads_sum, loss_sum = carry
                 mv, i = inputs
-                (l, _), g = grad_fn(state["params"], mv, jax.random.fold_in(key, i))
+                (l, _), g = grad_fn(state["params"], mv, jax.random.fold_in(key, i), encoder_params)
                 return (jax.tree.map(jnp.add, grads_sum, g), loss_sum + l), None
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -247,7 +259,7 @@ class Trainer:
     def step(self, state, batch: dict[str, jax.Array]):
         """One optimizer step on a global batch (see `global_batch`)."""
         with activation_sharding(self.mesh, self.rules):
-            return self.train_step(state, batch)
+            return self.train_step(state, batch, self.encoder_params)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble the global batch from each process's local rows (sharded by sample): a dict
@@ -304,12 +316,13 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-def load_encoder(path: str) -> EncodeFn:
-    """A pixels -> scaled latents function (posterior mean x scaling factor) from a VAE folder:
-    a Flax checkpoint (`see3d_jax.convert.save_flax_checkpoint`) or a diffusers/torch VAE folder
-    (config.json + diffusion_pytorch_model.safetensors)."""
+def load_encoder(path: str, dtype: str = "float32") -> LatentEncoder:
+    """The VAE encoder of a folder as a `LatentEncoder` (posterior mean x scaling factor,
+    computed in `dtype`: "float32" or "bfloat16"): a Flax checkpoint
+    (`see3d_jax.convert.save_flax_checkpoint`) or a diffusers/torch VAE folder (config.json +
+    diffusion_pytorch_model.safetensors)."""
     from see3d_jax import convert
-    from see3d_jax.vae import AutoencoderKL
+    from see3d_jax.vae import AutoencoderKL, latent_encoder
 
     folder = Path(path)
     if not folder.is_dir():
@@ -317,13 +330,7 @@ def load_encoder(path: str) -> EncodeFn:
     model = convert.load_flax_checkpoint(folder) if (folder / convert.PARAMS_DIR).is_dir() else convert.load_torch_folder(folder)
     if not isinstance(model, AutoencoderKL):
         raise ValueError(f"vae={path}: the folder holds a {type(model).__name__}, not a VAE")
-
-    def encode(pixels):  # [B, K, H, W, 3] -> [B, K, h, w, C]
-        b, k = pixels.shape[:2]
-        latents = model.sample_latents(pixels.reshape((b * k,) + pixels.shape[2:]))
-        return latents.reshape((b, k) + latents.shape[1:])
-
-    return encode
+    return latent_encoder(model, jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
 
 
 def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | None = None,
@@ -340,7 +347,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     if shards % process_count or config.batch_size % shards:
         raise ValueError(f"data_shards={shards} must be a multiple of the process count {process_count} and divide batch_size {config.batch_size}")
     if encode_fn is None and config.vae is not None:
-        encode_fn = load_encoder(config.vae)
+        encode_fn = load_encoder(config.vae, config.vae_dtype)
     context = None if config.context is None else np.load(config.context)
     trainer = Trainer(config, encode_fn=encode_fn, context=context)
 

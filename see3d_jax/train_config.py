@@ -40,6 +40,7 @@ class TrainConfig:
     cache_frames: bool = True  # keep decoded, resized frames in memory (small datasets)
     num_workers: int = 0  # grain worker processes (0: read in the main process)
     vae: str | None = None  # latent models: a Flax VAE checkpoint folder (see3d_jax.vae)
+    vae_dtype: str = "float32"  # the VAE encoder's compute dtype: "float32" or "bfloat16"
     # latent models: encode every frame once before training (WORKDIR/latent_cache) and use the
     # stored latents as x0; the condition's warped images (new holes every step) are still encoded
     cache_latents: bool = False
@@ -89,6 +90,8 @@ class TrainConfig:
         check_implementation(self.attention_implementation, "TrainConfig.attention_implementation")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.vae_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.vae_dtype must be 'float32' or 'bfloat16', got {self.vae_dtype!r}")
 
     @property
     def image_size(self) -> int:
@@ -137,7 +140,7 @@ def sd21() -> TrainConfig:
     return TrainConfig(
         unet=unet_config.sd21(), num_views=4, batch_size=32, steps=100_000, learning_rate=5e-5, warmup_steps=1000,
         compute_dtype="bfloat16", remat="dots_no_batch", mesh_fsdp=-1, mesh_data=1, checkpoint_every=1000,
-        final_lr_fraction=1.0, cache_frames=False, num_workers=8,
+        final_lr_fraction=1.0, cache_frames=False, num_workers=8, vae_dtype="bfloat16",
     )
 
 
