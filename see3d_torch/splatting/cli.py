@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-frames", type=int, default=60, help="fly-through length (0: no video)")
     p.add_argument("--mesh-resolution", type=int, default=96, help="voxels of the mesh's TSDF along its longest side (0: no mesh)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the CPU renderer's many small ops run fastest on one; 0: torch's default)")
     return p
 
 
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    if args.threads is not None:
+    if args.threads < 0:
+        raise SystemExit(f"see3d-reconstruct: error: --threads must be >= 0, got {args.threads}")
+    if args.threads:  # for the whole run: SfM points' rendering, training, export
         torch.set_num_threads(args.threads)
     try:
         return _run(args)
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             lpips_weight=args.lpips_weight, depth_weight=args.depth_weight, refine_cameras=args.refine_cameras,
             camera_refinement_method=args.camera_method,
             exposure_compensation=args.exposure, eval_views=eval_views, eval_every=args.eval_every,
-            device=args.device, backend=args.backend, seed=args.seed,
+            device=args.device, backend=args.backend, seed=args.seed, num_threads=args.threads or None,
         )
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"see3d-reconstruct: error: {e}", file=sys.stderr)
