@@ -4,8 +4,8 @@
 
 For each held-out scene (seeds never used in training), 4 views along a short orbit are
 rendered at 2x and area-downsampled to the model size (as the training pipeline does). View 0
-is the reference; it is forward-warped with its true depth into views 1-3 (nearest z-buffer),
-which leaves holes (disocclusions, out-of-view areas, cracks). The model generates the targets
+is the reference; it is forward-warped with its true depth into views 1-3 by the generation
+loop's warp (`see3d_torch.warp.forward_warp`: bilinear splats, z-buffer), which leaves holes (disocclusions, out-of-view areas, cracks). The model generates the targets
 from [reference; warped views + masks] with the DDIM sampler (no random masking, Eq. 20). On
 the hole pixels only, its PSNR is compared with the warped image completed by `cv2.inpaint`
 (Telea, radius 3). PSNR is pooled over all hole pixels (one MSE over all of them) and also
@@ -32,9 +32,10 @@ import numpy as np
 from see3d_core import synthetic
 from see3d_core.cameras import scale_intrinsics
 from see3d_jax import sampling, schedules
-from see3d_jax.condition import ConditionConfig, forward_warp_references
+from see3d_jax.condition import ConditionConfig
 from see3d_jax.data import square_resize, to_model_range
 from see3d_jax.unet import load_weights
+from see3d_torch.warp import pair_warps
 
 
 def held_out_views(seed: int, size: int, num_views: int = 4, span_deg: float = 30.0):
@@ -77,13 +78,21 @@ def main(argv=None) -> dict:
     def model_fn(x_t, condition, mask, t, context):
         return model(jnp.concatenate([x_t, condition, mask], -1), t, context)[..., :3]
 
+    def reference_warps(views, depths, K, c2w):
+        """View 0 of each scene warped into every view (the reference into itself stays as it is)."""
+        warped, masks = [], []
+        for b in range(views.shape[0]):
+            w = pair_warps((views[b] + 1) / 2, depths[b], K[b], c2w[b])
+            warped.append(np.where(w["masks"][0][..., None], w["images"][0] * 2 - 1, -1.0))
+            masks.append(w["masks"][0][..., None].astype(np.float32))
+        warped, masks = np.stack(warped), np.stack(masks)
+        warped[:, 0], masks[:, 0] = views[:, 0], 1.0
+        return jnp.asarray(warped, jnp.float32), jnp.asarray(masks)
+
     @jax.jit
-    def generate(views, depths, K, c2w, key):
+    def generate(views, warped, masks, key):
         b, v = views.shape[:2]
         is_ref = jnp.zeros((b, v), bool).at[:, 0].set(True)
-        warped, masks = forward_warp_references(views, depths, K, c2w, is_ref)
-        warped = jnp.where(is_ref[:, :, None, None, None], views, warped)
-        masks = jnp.where(is_ref[:, :, None, None, None], 1.0, masks)
         noise = sampling.SamplerNoise.draw(key, args.steps, views.shape)
         context = jnp.zeros((b, cfg.context_tokens, cfg.context_dim))
         out = sampling.sample(model_fn, schedule, warped, masks, is_ref, noise, context, ddim, ConditionConfig())
@@ -97,8 +106,10 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seed, args.seed + args.scenes))
     for i in range(0, len(seeds), args.batch):
         data = [held_out_views(s, size) for s in seeds[i:i + args.batch]]
-        views, depths, K, c2w = (jnp.asarray(np.stack(x)) for x in zip(*data))
-        samples = [jax.device_get(generate(views, depths, K, c2w, jax.random.fold_in(jax.random.PRNGKey(i), k)))
+        views, depths, K, c2w = (np.stack(x) for x in zip(*data))
+        warped_in, masks_in = reference_warps(views, depths, K, c2w)
+        views = jnp.asarray(views)
+        samples = [jax.device_get(generate(views, warped_in, masks_in, jax.random.fold_in(jax.random.PRNGKey(i), k)))
                    for k in range(args.samples)]
         out, warped, masks = samples[0]
         mean_out = np.mean([np.clip((o + 1) / 2, 0, 1) for o, _, _ in samples], axis=0)

@@ -11,7 +11,9 @@ Subcommands import their side of the kit lazily, so `see3d --help` needs neither
 - `see3d reconstruct RUN_DIR --out DIR`: Gaussian Splatting on the views of a `generate` run.
 - `see3d world --out DIR`: render a synthetic scene along a trajectory as a clip dataset.
 - `see3d dataset --out DIR --scenes N`: a training clip dataset of N synthetic scenes (orbits
-  with cameras and depths), the data of the small model's recipe.
+  with cameras and depths, and their pair warps), the data of the small model's recipe.
+- `see3d pair-warps DATA --size S`: every frame of each posed clip warped into every other at
+  the training size S, for the "posed_warp" condition.
 """
 
 from __future__ import annotations
@@ -102,7 +104,23 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
                             seed=args.seed, posed=not args.unposed)
     summary = {"out": str(out), "clips": len(ClipDataset(out).entries()), "frames_per_clip": args.frames,
                "size": args.size, "posed": not args.unposed, "seed": args.seed}
+    if not args.unposed:  # the posed condition's warps at the dataset's size (other sizes: see3d pair-warps)
+        from see3d_torch.warp import write_dataset_pair_warps
+
+        summary["pair_warps"] = write_dataset_pair_warps(out, args.size)
     _print_summary("see3d dataset wrote", summary, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_pair_warps(args: argparse.Namespace) -> int:
+    from see3d_torch.warp import write_dataset_pair_warps
+
+    if args.size < 8:
+        raise ValueError(f"--size: expected >= 8 (the training image size), got {args.size}")
+    t0 = time.perf_counter()
+    written = write_dataset_pair_warps(args.data, args.size, overwrite=args.overwrite)
+    _print_summary("see3d pair-warps wrote", {"data": str(args.data), "size": args.size, "clips_written": written},
+                   time.perf_counter() - t0)
     return 0
 
 
@@ -365,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--seed", type=int, default=1, help="dataset seed (scene seeds are derived from it)")
     dataset.add_argument("--unposed", action="store_true", help="leave out cameras and depths")
     dataset.set_defaults(func=_cmd_dataset)
+
+    warps = sub.add_parser("pair-warps", help="warp every frame of each posed clip into every other (the generation loop's "
+                           "warp) at a training size: the 'posed_warp' condition reads them")
+    warps.add_argument("data", help="clip dataset folder")
+    warps.add_argument("--size", type=int, required=True, help="the training image size (config image_size)")
+    warps.add_argument("--overwrite", action="store_true", help="recompute existing files")
+    warps.set_defaults(func=_cmd_pair_warps)
     return parser
 
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from see3d_core.cameras import Camera
+from see3d_core.cameras import Camera, scale_intrinsics
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -371,3 +371,39 @@ def write_synthetic_dataset(
             depths=[f.depth for f in rendered] if posed else None,
         )
     return ds
+
+
+# --- training crops and the posed condition's warps ------------------------------------------------
+
+def _square_crop(height: int, width: int) -> tuple[int, int, int]:
+    """(side, top, left) of the centred square crop of a height x width image."""
+    side = min(height, width)
+    return side, (height - side) // 2, (width - side) // 2
+
+
+def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop [N, H, W, ...] frames (uint8 images or float depths) to a square and resize
+    to `size` (area filter when shrinking)."""
+    side, top, left = _square_crop(*frames.shape[1:3])
+    crop = frames[:, top:top + side, left:left + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
+
+
+def square_resize_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+    """The intrinsics [..., 3, 3] after `square_resize` of a height x width image to `size`:
+    the principal point moves with the crop, then the resize scales them."""
+    side, top, left = _square_crop(height, width)
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, 2] -= left
+    K[..., 1, 2] -= top
+    return scale_intrinsics(K, size / side)
+
+
+def pair_warps_path(clip_dir: str | os.PathLike, image_size: int) -> Path:
+    """Where a posed clip keeps every frame warped into every other at `image_size` (after
+    `square_resize`): `clip_dir/pair_warps_<size>.npz` with "images" uint8 [N, N, S, S, 3],
+    "masks" bool [N, N, S, S] and "depths" float32 [N, N, S, S] indexed [source, destination].
+    Written by `see3d_torch.warp.write_pair_warps` (the generation loop's warp), read by the
+    JAX data pipeline for the "posed_warp" condition."""
+    return Path(clip_dir) / f"pair_warps_{int(image_size)}.npz"

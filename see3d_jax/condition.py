@@ -235,54 +235,32 @@ def visual_condition(
 
 # --- posed warps (MV-Posed) -----------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("fill_value",))
-def forward_warp_references(
-    images: jax.Array,
-    depths: jax.Array,
-    intrinsics: jax.Array,
-    c2w: jax.Array,
-    is_reference: jax.Array,
-    fill_value: float = BLACK,
-) -> tuple[jax.Array, jax.Array]:
-    """Forward-warp all reference views of each sample into every view, nearest z-buffer.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PairWarps:
+    """Every view of a posed clip warped into every other by the generation loop's warp
+    (`see3d_torch.warp.pair_warps`, stored beside the clip, read by `see3d_jax.data`): images
+    [B, N, N, H, W, 3] in [-1, 1], masks and z-depths in the destination camera [B, N, N, H, W],
+    indexed [sample, source, destination]. Training's posed condition (MV-Posed) and inference
+    then use one warp."""
 
-    images [B, V, H, W, C], depths [B, V, H, W] (z-depth), intrinsics [B, V, 3, 3] (pixels),
-    c2w [B, V, 4, 4] (OpenCV convention). Each reference pixel is splatted to the nearest pixel
-    of the destination view; the closest point wins. Returns (warped [B, V, H, W, C] with holes
-    = fill_value, masks [B, V, H, W, 1] with 1 where some reference point landed).
-    """
-    B, V, H, W, C = images.shape
-    ys, xs = jnp.meshgrid(jnp.arange(H, dtype=jnp.float32), jnp.arange(W, dtype=jnp.float32), indexing="ij")
-    pix = jnp.stack([xs, ys, jnp.ones_like(xs)], -1).reshape(-1, 3)  # pixel centres at integers
+    images: jax.Array
+    masks: jax.Array
+    depths: jax.Array
 
-    def per_sample(img, dep, K, c2w_, ref):
-        rays = jnp.einsum("vij,pj->vpi", jnp.linalg.inv(K), pix)  # [V, HW, 3]
-        cam = rays * dep.reshape(V, -1, 1)
-        world = jnp.einsum("vij,vpj->vpi", c2w_[:, :3, :3], cam) + c2w_[:, None, :3, 3]
-        world = world.reshape(-1, 3)
-        colors = img.reshape(-1, C)
-        source_ok = jnp.repeat(ref, H * W) & jnp.isfinite(dep.reshape(-1)) & (dep.reshape(-1) > 0)
-        w2c = jnp.linalg.inv(c2w_)
 
-        def into(K_dst, w2c_dst):
-            p = world @ w2c_dst[:3, :3].T + w2c_dst[:3, 3]
-            z = p[:, 2]
-            uvw = p @ K_dst.T
-            u = jnp.round(uvw[:, 0] / jnp.maximum(z, 1e-8)).astype(jnp.int32)
-            v = jnp.round(uvw[:, 1] / jnp.maximum(z, 1e-8)).astype(jnp.int32)
-            ok = source_ok & (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-            index = jnp.where(ok, v * W + u, H * W)  # H*W collects the rejected points
-            nearest = jax.ops.segment_min(jnp.where(ok, z, jnp.inf), index, num_segments=H * W + 1)
-            wins = ok & (z <= nearest[index])
-            point = jnp.where(wins, jnp.arange(z.shape[0]), -1)
-            chosen = jax.ops.segment_max(point, index, num_segments=H * W + 1)[: H * W]
-            valid = chosen >= 0
-            warped = jnp.where(valid[:, None], colors[jnp.maximum(chosen, 0)], fill_value)
-            return warped.reshape(H, W, C), valid.reshape(H, W, 1).astype(jnp.float32)
-
-        return jax.vmap(into)(K, w2c)
-
-    return jax.vmap(per_sample)(images, depths, intrinsics, c2w, is_reference)
+def merge_pair_warps(warps: PairWarps, is_reference: jax.Array, fill_value: float = BLACK) -> tuple[jax.Array, jax.Array]:
+    """The condition of each view from the references' warps into it: per pixel the nearest
+    surface among the references that reach it (as `warp_anchors` merges anchors at inference).
+    is_reference [B, N]. Returns (warped [B, N, H, W, 3] with holes = fill_value, masks
+    [B, N, H, W, 1], 1 where some reference landed)."""
+    usable = (warps.masks > 0.5) & is_reference[:, :, None, None, None]  # [B, source, destination, H, W]
+    z = jnp.where(usable, warps.depths, jnp.inf)
+    nearest = jnp.argmin(z, axis=1)  # [B, destination, H, W]
+    known = jnp.any(usable, axis=1)
+    chosen = jnp.take_along_axis(warps.images, nearest[:, None, ..., None], axis=1)[:, 0]
+    warped = jnp.where(known[..., None], chosen, fill_value)
+    return warped, known[..., None].astype(warped.dtype)
 
 
 # --- training batches -----------------------------------------------------------------------------
@@ -316,10 +294,8 @@ def build_training_batch(
     schedule: NoiseSchedule,
     config: ConditionConfig = RELEASED,
     encode_fn: Callable[[jax.Array], jax.Array] | None = None,
-    depths: jax.Array | None = None,
-    intrinsics: jax.Array | None = None,
-    c2w: jax.Array | None = None,
     latents: jax.Array | None = None,
+    pair_warps: PairWarps | None = None,
 ) -> TrainingBatch:
     """Build (x_t, V_t, M) and the loss mask from N views per clip.
 
@@ -329,8 +305,8 @@ def build_training_batch(
         [B, K, h, w, C] (already multiplied by the VAE scaling factor); None for pixel-space
         models. Holes are filled black in pixel space *before* encoding, exactly as warped
         images at inference, so the model sees the same kind of condition in both.
-    depths [B, N, H, W], intrinsics [B, N, 3, 3], c2w [B, N, 4, 4]: required by the
-        "posed_warp" variant only (true geometry of posed data).
+    pair_warps: required by the "posed_warp" variant only: every view warped into every other
+        by the generation loop's warp (`PairWarps`).
     latents: latent models with cached latents: `encode_fn(views)` computed beforehand
         [B, N, h, w, C]; used as x0, so only the condition images are encoded here.
 
@@ -346,8 +322,9 @@ def build_training_batch(
         raise ValueError(f"build_training_batch: need at least 2 views per clip (a reference and a target), got {N}")
     max_refs = min(config.max_references, N - 1)
     min_refs = min(config.min_references, max_refs)
-    if config.variant == "posed_warp" and (depths is None or intrinsics is None or c2w is None):
-        raise ValueError("build_training_batch: variant 'posed_warp' needs depths, intrinsics and c2w of the views")
+    if config.variant == "posed_warp" and pair_warps is None:
+        raise ValueError("build_training_batch: variant 'posed_warp' needs pair_warps (every view warped into every other: "
+                         "`see3d pair-warps DATA --size S` writes them beside the clips, the data pipeline reads them)")
     k_draws, k_masks, k_noise = jax.random.split(key, 3)
     # One uniform draw for order, reference count and t (each jax.random call compiles its own generator).
     u = jax.random.uniform(k_draws, (B, N + 2))
@@ -358,12 +335,16 @@ def build_training_batch(
 
     def shuffle(a):
         return None if a is None else jnp.take_along_axis(a, order.reshape((B, N) + (1,) * (a.ndim - 2)), axis=1)
-    views, depths, intrinsics, c2w = shuffle(views), shuffle(depths), shuffle(intrinsics), shuffle(c2w)
-    latents = shuffle(latents)
+    views, latents = shuffle(views), shuffle(latents)
+    if pair_warps is not None:  # both the source and the destination axes follow the new order
+        def shuffle_pairs(a):
+            rows = jnp.take_along_axis(a, order.reshape((B, N, 1) + (1,) * (a.ndim - 3)), axis=1)
+            return jnp.take_along_axis(rows, order.reshape((B, 1, N) + (1,) * (a.ndim - 3)), axis=2)
+        pair_warps = PairWarps(*(shuffle_pairs(a) for a in (pair_warps.images, pair_warps.masks, pair_warps.depths)))
     is_reference = jnp.arange(N)[None, :] < num_refs[:, None]
 
     if config.variant == "posed_warp":
-        warped, pixel_masks = forward_warp_references(views, depths, intrinsics, c2w, is_reference)
+        warped, pixel_masks = merge_pair_warps(pair_warps, is_reference)
     else:
         pixel_masks = random_masks(k_masks, B * N, H, W, config.masks).reshape(B, N, H, W, 1)
         warped = views

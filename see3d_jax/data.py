@@ -3,9 +3,10 @@
 Each element is one clip with `num_views` frames drawn at random (without replacement, in
 random order: See3D uses no temporal order), resized (area) and centre-cropped to a square
 `image_size`, as float32 pixels in [-1, 1]: ``views [num_views, S, S, 3]``. With `posed=True`
-(the condition's "posed_warp" variant) the element also carries the clip's geometry at the same
-crop and size: ``depths [num_views, S, S]`` (area-resized z-depth), ``intrinsics
-[num_views, 3, 3]`` and ``c2w [num_views, 4, 4]``. Which views are references and which are
+(the condition's "posed_warp" variant) the element also carries every view warped into every
+other at the same crop and size by the generation loop's warp (`see3d_core.clips.pair_warps_path`, written by `see3d pair-warps`):
+``pair_images [num_views, num_views, S, S, 3]`` in [-1, 1], ``pair_masks`` and ``pair_depths``
+``[num_views, num_views, S, S]``, indexed [source, destination]. Which views are references and which are
 targets is decided later, on device, by `see3d_jax.condition.build_training_batch`.
 
 Latent models can encode every frame once before training (`cache_latents`, the trainer's
@@ -28,37 +29,18 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import cv2
 import grain
 import numpy as np
 
-from see3d_core.cameras import scale_intrinsics
-from see3d_core.clips import ClipDataset, ClipFormatError, read_clip, read_info
-
-
-def _square_crop(height: int, width: int) -> tuple[int, int, int]:
-    """(side, top, left) of the centred square crop of a height x width image."""
-    side = min(height, width)
-    return side, (height - side) // 2, (width - side) // 2
-
-
-def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop [N, H, W, ...] frames (uint8 images or float depths) to a square and resize
-    to `size` (area filter when shrinking)."""
-    side, top, left = _square_crop(*frames.shape[1:3])
-    crop = frames[:, top:top + side, left:left + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
-
-
-def square_resize_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
-    """The intrinsics [..., 3, 3] after `square_resize` of a height x width image to `size`:
-    the principal point moves with the crop, then the resize scales them."""
-    side, top, left = _square_crop(height, width)
-    K = np.array(K, dtype=np.float64, copy=True)
-    K[..., 0, 2] -= left
-    K[..., 1, 2] -= top
-    return scale_intrinsics(K, size / side)
+from see3d_core.clips import (  # noqa: F401  (square_resize* re-exported: the data pipeline's crop)
+    ClipDataset,
+    ClipFormatError,
+    pair_warps_path,
+    read_clip,
+    read_info,
+    square_resize,
+    square_resize_intrinsics,
+)
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:
@@ -80,7 +62,7 @@ class ClipViews:
         self._cache: dict[str, dict[str, np.ndarray]] = {}
 
     def _read(self, clip_dir: str, positions: list[int] | None) -> dict[str, np.ndarray]:
-        clip = read_clip(clip_dir, positions, load_depth=self.posed)
+        clip = read_clip(clip_dir, positions, load_depth=False)
         out = {"views": to_model_range(square_resize(clip.frames, self.image_size))}
         if self.latent_dir is not None:
             path = Path(self.latent_dir) / f"{Path(clip_dir).name}.npy"
@@ -90,13 +72,18 @@ class ClipViews:
             out["latents"] = np.asarray(latents if positions is None else latents[positions], np.float32)
         if self.posed:
             info = clip.info
-            if not info.posed or clip.depths is None:
+            if not info.posed or info.depths is None:
                 raise ClipFormatError(f"clip {clip_dir}: posed training needs 'intrinsics', 'c2w' and 'depths' in clip.json")
             idx = list(range(info.num_frames)) if positions is None else positions
-            out["depths"] = square_resize(clip.depths, self.image_size).astype(np.float32)
-            K = np.asarray(info.intrinsics, np.float64)[idx]
-            out["intrinsics"] = square_resize_intrinsics(K, info.height, info.width, self.image_size).astype(np.float32)
-            out["c2w"] = np.asarray(info.c2w, np.float32)[idx]
+            path = pair_warps_path(clip_dir, self.image_size)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no pair warps for posed training at {self.image_size} px; write them with "
+                                        f"`see3d pair-warps DATA --size {self.image_size}` (the generation loop's warp)")
+            with np.load(path) as warps:
+                pick = np.ix_(idx, idx)
+                out["pair_images"] = to_model_range(warps["images"][pick])
+                out["pair_masks"] = warps["masks"][pick].astype(np.float32)
+                out["pair_depths"] = warps["depths"][pick].astype(np.float32)
         return out
 
     def __call__(self, clip: tuple[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -106,7 +93,8 @@ class ClipViews:
             return self._read(clip_dir, positions.tolist())
         if clip_dir not in self._cache:
             self._cache[clip_dir] = self._read(clip_dir, None)
-        return {k: v[positions] for k, v in self._cache[clip_dir].items()}
+        return {k: v[np.ix_(positions, positions)] if k.startswith("pair_") else v[positions]
+                for k, v in self._cache[clip_dir].items()}
 
 
 def cache_latents(

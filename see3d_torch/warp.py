@@ -168,11 +168,14 @@ def forward_warp(
     erode_mask: int = 0,
     cull_backfaces: bool = True,
     max_stretch: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_depth: bool = False,
+):
     """Warp `image` [B, C, H, W] with z-depth [B, 1, H, W] from the source camera (K_src
     [B, 3, 3]) into the destination camera (K_dst [B, 3, 3], image size `out_size` = (H', W'),
     default (H, W)). `src_to_dst` [B, 4, 4] takes source-camera to destination-camera
-    coordinates. Returns (warped [B, C, H', W'], known_mask [B, 1, H', W'] in {0, 1}).
+    coordinates. Returns (warped [B, C, H', W'], known_mask [B, 1, H', W'] in {0, 1}) and,
+    with `return_depth`, also the warped z-depth in the destination camera [B, 1, H', W']
+    (the splats' weighted mean, 0 in holes).
     Source pixels with non-positive or non-finite depth are not splatted, nor (with
     `cull_backfaces`) pixels whose surface, its normal taken from the depth map, faces away
     from the destination camera: the z-buffer cannot hide them when the surface in front of
@@ -225,8 +228,12 @@ def forward_warp(
         source_rest = src_id
 
     # z-buffer: the nearest surface per destination pixel, then who counts against it
+    # only splats with a real share of a pixel bid for its nearest surface: a corner with weight
+    # ~1e-7 (a source landing a hair short of an integer position) must not hide the surface that
+    # lands on that pixel with weight ~1 (a view warped onto itself lost ~45% of its pixels)
     nearest = torch.full((trash + 1,), float("inf"), device=image.device, dtype=z.dtype)
-    nearest.scatter_reduce_(0, index, cand_z, reduce="amin")
+    nearest.scatter_reduce_(0, index, torch.where(weight >= MIN_WEIGHT, cand_z, torch.full_like(cand_z, float("inf"))), reduce="amin")
+    nearest[:trash] = torch.where(torch.isinf(nearest[:trash]), _weakest_bid(index, cand_z, trash), nearest[:trash])
     ratio = cand_z / nearest[index] - 1.0
     if splat == "soft":
         weight = weight * torch.exp(-ratio / depth_tolerance)
@@ -246,6 +253,10 @@ def forward_warp(
     acc = acc[:trash]
     total = acc[:, c]
     known = total >= MIN_WEIGHT
+    if return_depth:
+        acc_z = torch.zeros(trash + 1, device=image.device, dtype=colours.dtype)
+        acc_z.index_add_(0, index, cand_z.to(colours.dtype) * weight)
+        depth_out = torch.where(known, acc_z[:trash] / total.clamp_min(1e-12), torch.zeros_like(total)).reshape(b, 1, ho, wo)
     warped = torch.where(known[:, None], acc[:, :c] / total.clamp_min(1e-12)[:, None], torch.zeros_like(acc[:, :c]))
     warped = warped.reshape(b, ho, wo, c).permute(0, 3, 1, 2)
     mask = known.reshape(b, 1, ho, wo).to(image.dtype)
@@ -253,7 +264,45 @@ def forward_warp(
         k = 2 * erode_mask + 1
         mask = 1.0 - F.max_pool2d(1.0 - mask, kernel_size=k, stride=1, padding=erode_mask)
         warped = warped * mask
+        if return_depth:
+            depth_out = depth_out * mask
+    if return_depth:
+        return warped.contiguous(), mask, depth_out
     return warped.contiguous(), mask
+
+
+def _weakest_bid(index: torch.Tensor, cand_z: torch.Tensor, trash: int) -> torch.Tensor:
+    """The nearest candidate per pixel among all splats (for pixels that no splat reached with a
+    real share: they stay holes unless their faint splats add up)."""
+    nearest = torch.full((trash + 1,), float("inf"), device=cand_z.device, dtype=cand_z.dtype)
+    nearest.scatter_reduce_(0, index, cand_z, reduce="amin")
+    return nearest[:trash]
+
+
+def pair_warps(images: np.ndarray, depths: np.ndarray, intrinsics: np.ndarray, c2w: np.ndarray) -> dict[str, np.ndarray]:
+    """Every view of a posed clip warped into every other with `forward_warp` (the warp the
+    generation loop uses), for training's posed condition (MV-Posed).
+
+    images [N, H, W, 3] (any range), depths [N, H, W] z-depth, intrinsics [N, 3, 3], c2w
+    [N, 4, 4]. Returns {"images" [N, N, H, W, 3] float32, "masks" [N, N, H, W] bool,
+    "depths" [N, N, H, W] float32}, indexed [source, destination]; the destination's z-depth
+    lets a consumer keep the nearest surface where several sources land (as `warp_anchors`)."""
+    images, depths = np.asarray(images, np.float32), np.asarray(depths, np.float32)
+    n, h, w = depths.shape
+    if images.shape[:3] != (n, h, w) or np.shape(intrinsics) != (n, 3, 3) or np.shape(c2w) != (n, 4, 4):
+        raise ValueError(f"pair_warps: expected images [N, H, W, 3], depths [N, H, W], intrinsics [N, 3, 3], c2w [N, 4, 4] "
+                         f"with one N, got {images.shape}, {depths.shape}, {np.shape(intrinsics)}, {np.shape(c2w)}")
+    c2w = np.asarray(c2w, np.float64)
+    w2c = np.linalg.inv(c2w)
+    src = np.repeat(np.arange(n), n)
+    dst = np.tile(np.arange(n), n)
+    K = torch.from_numpy(np.asarray(intrinsics, np.float32))
+    warped, mask, depth = forward_warp(
+        torch.from_numpy(images[src]).permute(0, 3, 1, 2), torch.from_numpy(depths[src])[:, None], K[src], K[dst],
+        torch.from_numpy((w2c[dst] @ c2w[src]).astype(np.float32)), return_depth=True)
+    return {"images": warped.permute(0, 2, 3, 1).reshape(n, n, h, w, -1).numpy(),
+            "masks": (mask[:, 0] > 0.5).reshape(n, n, h, w).numpy(),
+            "depths": depth[:, 0].reshape(n, n, h, w).numpy()}
 
 
 # --- plots for the notebooks (matplotlib is imported lazily by the caller's axis) ------------
@@ -288,3 +337,43 @@ def show_warp(ax, warped, known_mask, title: str = "", target=None) -> None:
         title = f"{title} PSNR {-10 * np.log10(max(err, 1e-12)):.1f} dB (known {mask.mean():.0%})".strip()
     ax.set_title(title)
     ax.set_axis_off()
+
+
+def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool:
+    """Compute and store `pair_warps` of a posed clip at the training crop `image_size`
+    (`see3d_core.clips.square_resize`), in `see3d_core.clips.pair_warps_path`. Written whole
+    (temporary file, then rename); an existing file is kept unless `overwrite`. Returns whether
+    it wrote. Raises ClipFormatError naming the clip when it has no cameras or depths."""
+    import os
+
+    from see3d_core.clips import ClipFormatError, pair_warps_path, read_clip, square_resize, square_resize_intrinsics
+
+    path = pair_warps_path(clip_dir, image_size)
+    if path.is_file() and not overwrite:
+        return False
+    clip = read_clip(clip_dir)
+    info = clip.info
+    if not info.posed or clip.depths is None:
+        raise ClipFormatError(f"clip {clip_dir}: pair warps need 'intrinsics', 'c2w' and 'depths' in clip.json")
+    frames = square_resize(clip.frames, image_size)
+    depths = square_resize(clip.depths, image_size).astype(np.float32)
+    K = square_resize_intrinsics(np.asarray(info.intrinsics, np.float64), info.height, info.width, image_size)
+    warps = pair_warps(frames.astype(np.float32) / 255.0, depths, K, np.asarray(info.c2w))
+    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, images=(np.clip(warps["images"], 0, 1) * 255).round().astype(np.uint8),
+                        masks=warps["masks"], depths=warps["depths"].astype(np.float32))
+    os.replace(tmp, path)
+    return True
+
+
+def write_dataset_pair_warps(data_dir, image_size: int, overwrite: bool = False) -> int:
+    """`write_pair_warps` for every posed clip of a clip dataset (unposed clips are skipped);
+    resumable. Returns the number of clips written now."""
+    from see3d_core.clips import ClipDataset, read_info
+
+    written = 0
+    for clip_dir in ClipDataset(data_dir).clip_dirs():
+        info = read_info(clip_dir)
+        if info.posed and info.depths is not None:
+            written += write_pair_warps(clip_dir, image_size, overwrite)
+    return written

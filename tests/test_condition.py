@@ -200,40 +200,58 @@ def test_latent_batches_fill_holes_in_pixel_space_before_encoding(masked_pixel_b
     np.testing.assert_array_equal(np.asarray(batch.mask), np.asarray(jc.resize_masks_nearest(pixel_batch.mask, 4, 4)))
 
 
-def cameras_world_points(frame, camera):
-    from see3d_core.cameras import depth_to_points
-    return depth_to_points(frame.depth, camera.K, camera.c2w)
+def test_posed_warp_condition_is_the_generation_loops_warp():
+    """Training's posed condition (MV-Posed) and inference use one warp: the pair warps of a
+    posed clip (`see3d_torch.warp.pair_warps`, the generation loop's `forward_warp`) merged in
+    JAX for the drawn references equal `warp_anchors` of the same anchors into the target."""
+    from see3d_torch.generation.loop import warp_anchors
+    from see3d_torch.warp import pair_warps
 
-
-def test_posed_warp_variant_reproduces_targets_from_true_geometry():
     scene = synthetic.make_scene(seed=3)
     cameras = synthetic.default_orbit(scene, num_frames=12, width=32, height=32)[::2][:3]
     frames = [synthetic.render(scene, c) for c in cameras]
-    views = jnp.asarray(np.stack([f.rgb for f in frames])[None] * 2.0 - 1.0, jnp.float32)
-    depths = jnp.asarray(np.stack([f.depth for f in frames])[None], jnp.float32)
-    K = jnp.asarray(np.stack([c.K for c in cameras])[None], jnp.float32)
-    c2w = jnp.asarray(np.stack([c.c2w for c in cameras])[None], jnp.float32)
-    warped, valid = jc.forward_warp_references(views, depths, K, c2w, jnp.array([[True, False, False]]))
-    warped, valid = np.asarray(warped[0]), np.asarray(valid[0, ..., 0]) > 0.5
-    assert valid[0].all()
-    np.testing.assert_allclose(warped[0], np.asarray(views[0, 0]), atol=1e-5)  # a reference warps onto itself
-    # geometry: warp the world points of the reference; where a point landed and the target sees
-    # the same surface, it must lie on the target pixel's ray within half a pixel's footprint
-    points = np.stack([cameras_world_points(f, c) for f, c in zip(frames, cameras)])[None]
-    warped_points, _ = jc.forward_warp_references(jnp.asarray(points, jnp.float32), depths, K, c2w, jnp.array([[True, False, False]]), fill_value=0.0)
-    for j in (1, 2):
-        assert 0.2 < valid[j].mean() < 1.0
-        target_points = points[0, j][valid[j]]
-        distance = np.linalg.norm(np.asarray(warped_points[0, j])[valid[j]] - target_points, axis=-1)
-        relative = distance / np.asarray(depths[0, j])[valid[j]]
-        assert np.median(relative) < 0.02, np.median(relative)  # f ~ 28 px: half a pixel ~ 1.8% of depth
-        err = (warped[j][valid[j]] - np.asarray(views[0, j])[valid[j]]) / 2.0
-        unwarped = (np.asarray(views[0, 0])[valid[j]] - np.asarray(views[0, j])[valid[j]]) / 2.0
-        psnr, baseline = -10 * np.log10(np.mean(err**2)), -10 * np.log10(np.mean(unwarped**2))
-        assert psnr > baseline + 3.0 and psnr > 17.0, (psnr, baseline)  # nearest splatting at 32 px
-        assert np.all(warped[j][~valid[j]] == -1.0)
-    config = jc.ConditionConfig(variant="posed_warp", min_references=1, max_references=1)
-    batch = jax.jit(lambda k: jc.build_training_batch(k, views, SCHEDULE, config, depths=depths, intrinsics=K, c2w=c2w))(jax.random.key(0))
-    ref = np.asarray(batch.is_reference[0])
-    assert ref.sum() == 1 and np.all(np.asarray(batch.mask)[0][ref] == 1.0)
-    assert 0.2 < np.asarray(batch.mask)[0][~ref].mean() < 1.0
+    rgb = np.stack([f.rgb for f in frames]).astype(np.float32)
+    depths = np.stack([f.depth for f in frames]).astype(np.float32)
+    warps = pair_warps(rgb, depths, np.stack([c.K for c in cameras]), np.stack([c.c2w for c in cameras]))
+    self_known = warps["masks"][1, 1]  # a view warps onto itself (the sky has no depth; grazing back faces drop)
+    surface = np.isfinite(depths[1]) & (depths[1] > 0) & (depths[1] < 1e3)
+    assert self_known[surface].mean() > 0.95 and not self_known[~surface].any()
+    np.testing.assert_allclose(warps["images"][1, 1][self_known], rgb[1][self_known], atol=1e-5)
+    np.testing.assert_allclose(warps["depths"][1, 1][self_known], depths[1][self_known], rtol=1e-5)
+    pairs = jc.PairWarps(jnp.asarray(warps["images"][None] * 2 - 1), jnp.asarray(warps["masks"][None], jnp.float32),
+                         jnp.asarray(warps["depths"][None]))
+    is_ref = jnp.array([[True, False, True]])
+    merged, known = jc.merge_pair_warps(pairs, is_ref)
+    image, mask, warped_depth = warp_anchors([rgb[0], rgb[2]], [depths[0], depths[2]], [cameras[0], cameras[2]], cameras[1])
+    np.testing.assert_array_equal(np.asarray(known[0, 1, ..., 0]), mask)
+    assert 0.3 < mask.mean() < 1.0
+    np.testing.assert_allclose((np.asarray(merged[0, 1]) + 1) / 2 * mask[..., None], image, atol=1e-5)
+    assert np.all(np.asarray(merged[0, 1])[mask < 0.5] == -1.0)  # holes black, as the warps at inference
+    # the warp moves pixels the right way: closer to the target than the unwarped reference
+    err = (image - rgb[1])[mask > 0.5]
+    unwarped = (rgb[0] - rgb[1])[mask > 0.5]
+    assert np.mean(err**2) < np.mean(unwarped**2)
+
+
+def test_posed_warp_batches_shuffle_both_axes_of_the_pair_warps():
+    """The mask of a pair (source s, destination d) marks pixel (0, 3 s + d) only: the batch's
+    mask channel (noise-free) shows which pairs, in the clip's own indices, fed each target."""
+    B, N, H, W = 1, 3, 2, 9
+    masks = np.ones((B, N, N, H, W), np.float32)
+    masks[:, :, :, 0, :] = 0
+    for s_ in range(N):
+        for d in range(N):
+            masks[0, s_, d, 0, 3 * s_ + d] = 1
+    pairs = jc.PairWarps(jnp.zeros((B, N, N, H, W, 3)), jnp.asarray(masks), jnp.ones((B, N, N, H, W)))
+    views = jnp.zeros((B, N, H, W, 3))
+    config = jc.ConditionConfig(variant="posed_warp", min_references=2, max_references=2)
+    for seed in range(4):
+        batch = jc.build_training_batch(jax.random.key(seed), views, SCHEDULE, config, pair_warps=pairs)
+        order, ref = np.asarray(batch.view_order[0]), np.asarray(batch.is_reference[0])
+        for j in np.flatnonzero(~ref):
+            want = np.zeros(W)
+            want[[3 * order[i] + order[j] for i in np.flatnonzero(ref)]] = 1
+            np.testing.assert_array_equal(np.asarray(batch.mask[0, j, 0, :, 0]), want)
+            assert np.asarray(batch.mask[0, j, 1]).all()
+    with pytest.raises(ValueError, match="pair-warps"):
+        jc.build_training_batch(jax.random.key(1), views, SCHEDULE, config)

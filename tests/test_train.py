@@ -86,32 +86,52 @@ def posed_scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("posed") / "ds"
     ClipDataset(root).add_clip("orbit", [f.rgb for f in frames], source="synthetic:seed=5", fps=10.0, cameras=cams,
                                depths=[f.depth for f in frames])
+    from see3d_torch.warp import write_dataset_pair_warps
+
+    for size in (16, 40, preset("tiny").image_size):  # the posed condition's warps at the sizes trained here
+        write_dataset_pair_warps(root, size)
     return scene, root
 
 
-def test_posed_batches_carry_the_geometry_of_the_resized_views(posed_scene, clips):
-    """Rendering the scene directly at the model size with the batch's intrinsics and poses
-    reproduces the batch's (cropped, area-resized) views and depths: a principal point off by
-    half a pixel costs ~5 dB here."""
+def test_the_training_crop_keeps_the_geometry_of_the_resized_views(posed_scene):
+    """Rendering the scene directly at the model size with the crop's intrinsics reproduces the
+    (cropped, area-resized) views and depths the pair warps are computed from: a principal point
+    off by half a pixel costs ~5 dB here."""
     from see3d_core import synthetic
     from see3d_core.cameras import Camera
+    from see3d_core.clips import read_clip, square_resize, square_resize_intrinsics
 
     scene, root = posed_scene
-    batch = next(training_batches(root, num_views=3, image_size=40, batch_size=1, cache=True, posed=True))
-    assert batch["views"].shape == (1, 3, 40, 40, 3) and batch["depths"].shape == (1, 3, 40, 40)
-    assert batch["intrinsics"].shape == (1, 3, 3, 3) and batch["c2w"].shape == (1, 3, 4, 4)
+    clip = read_clip(root / "orbit")
+    views, depths = square_resize(clip.frames, 40), square_resize(clip.depths, 40)
+    K = square_resize_intrinsics(np.asarray(clip.info.intrinsics), clip.info.height, clip.info.width, 40)
     for v in range(3):
-        camera = Camera(batch["intrinsics"][0, v].astype(np.float64), batch["c2w"][0, v].astype(np.float64), 40, 40)
-        direct = synthetic.render_trajectory(scene, [camera])[0]
-        rgb = direct.rgb.astype(np.float32) / 127.5 - 1.0 if direct.rgb.dtype == np.uint8 else direct.rgb * 2.0 - 1.0
-        psnr = 10 * np.log10(4.0 / np.mean((rgb - batch["views"][0, v]) ** 2))
+        direct = synthetic.render_trajectory(scene, [Camera(K[v], np.asarray(clip.info.c2w[v]), 40, 40)])[0]
+        rgb = direct.rgb.astype(np.float32) / 255.0 if direct.rgb.dtype == np.uint8 else direct.rgb
+        psnr = 10 * np.log10(1.0 / np.mean((rgb - views[v] / 255.0) ** 2))
         assert psnr > 23.0, (v, psnr)  # ~25 dB measured (area filter vs direct sampling); 20 dB at 0.5 px off
-        assert np.median(np.abs(direct.depth - batch["depths"][0, v]) / direct.depth) < 0.003
-    again = next(training_batches(root, num_views=3, image_size=40, batch_size=1, cache=False, posed=True))
-    for k in batch:
-        np.testing.assert_allclose(again[k], batch[k], rtol=1e-6)
+        assert np.median(np.abs(direct.depth - depths[v]) / direct.depth) < 0.003
+
+
+def test_posed_batches_carry_the_pair_warps_of_the_drawn_views(posed_scene, clips):
+    from see3d_core.clips import pair_warps_path, read_clip, square_resize
+
+    scene, root = posed_scene
+    frames = square_resize(read_clip(root / "orbit").frames, 40).astype(np.float32) / 127.5 - 1.0
+    with np.load(pair_warps_path(root / "orbit", 40)) as stored:
+        stored = {k: stored[k] for k in stored.files}
+    for cache in (True, False):
+        batch = next(training_batches(root, num_views=2, image_size=40, batch_size=1, cache=cache, posed=True, seed=3))
+        assert batch["pair_images"].shape == (1, 2, 2, 40, 40, 3) and batch["pair_masks"].shape == (1, 2, 2, 40, 40)
+        positions = [int(np.argmin([np.abs(f - v).max() for f in frames])) for v in batch["views"][0]]
+        pick = np.ix_(positions, positions)
+        np.testing.assert_array_equal(batch["pair_images"][0], stored["images"][pick].astype(np.float32) / 127.5 - 1.0)
+        np.testing.assert_array_equal(batch["pair_masks"][0], stored["masks"][pick])
+        np.testing.assert_array_equal(batch["pair_depths"][0], stored["depths"][pick])
     with pytest.raises(ClipFormatError, match="cameras and depths"):
         training_batches(clips, num_views=3, image_size=16, batch_size=1, posed=True)
+    with pytest.raises(FileNotFoundError, match="pair-warps"):
+        next(training_batches(root, num_views=2, image_size=24, batch_size=1, posed=True))
 
 
 def test_posed_warp_training_step(posed_scene):
@@ -147,8 +167,8 @@ def test_loss_weighting_options_match_a_direct_computation(posed_scene):
     plain = Trainer(preset("tiny", base))
     state = plain.init_state()
     gb = plain.global_batch(batch)
-    tb = cond.build_training_batch(key, gb["views"], plain.schedule, plain.condition_config, None,
-                                   gb["depths"], gb["intrinsics"], gb["c2w"])
+    tb = cond.build_training_batch(key, gb["views"], plain.schedule, plain.condition_config, None, None,
+                                   cond.PairWarps(gb["pair_images"], gb["pair_masks"], gb["pair_depths"]))
     out = plain.model_fn(state["params"])(tb.x_t, tb.condition, tb.mask, tb.t, plain.batch_context(2))
     sq = np.asarray(jnp.square(out - schedules.training_target(plain.schedule, tb.x0, tb.noise, tb.t, "v_prediction")))
     hole = 1.0 - np.asarray(tb.mask)

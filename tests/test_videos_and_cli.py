@@ -56,9 +56,20 @@ def test_dataset_command_writes_posed_training_clips(tmp_path, capsys):
 
     out = tmp_path / "data"
     assert cli.main(["dataset", "--out", str(out), "--scenes", "2", "--frames", "3", "--size", "16"]) == 0
-    assert json.loads(capsys.readouterr().out)["clips"] == 2
-    clip = read_clip(next(p for p in out.iterdir() if p.is_dir()))
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clips"] == 2 and summary["pair_warps"] == 2
+    clip_dir = next(p for p in out.iterdir() if p.is_dir())
+    clip = read_clip(clip_dir)
     assert clip.frames.shape == (3, 16, 16, 3) and clip.depths.shape == (3, 16, 16) and clip.info.posed
+    from see3d_core.clips import pair_warps_path
+
+    with np.load(pair_warps_path(clip_dir, 16)) as warps:  # every frame into every other, for posed training
+        assert warps["images"].shape == (3, 3, 16, 16, 3) and warps["images"].dtype == np.uint8
+        assert warps["masks"].shape == warps["depths"].shape == (3, 3, 16, 16) and warps["masks"][0, 0].mean() > 0.5
+    assert cli.main(["pair-warps", str(out), "--size", "8"]) == 0  # another training size
+    assert json.loads(capsys.readouterr().out)["clips_written"] == 2 and pair_warps_path(clip_dir, 8).is_file()
+    assert cli.main(["pair-warps", str(out), "--size", "8"]) == 0  # resumable: nothing left to write
+    assert json.loads(capsys.readouterr().out)["clips_written"] == 0
     assert cli.main(["dataset", "--out", str(out), "--scenes", "2"]) == 2  # never writes into a non-empty folder
     assert "not empty" in capsys.readouterr().err
     assert cli.main(["dataset", "--out", str(tmp_path / "bad"), "--scenes", "0"]) == 2
