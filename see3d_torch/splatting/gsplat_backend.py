@@ -22,7 +22,7 @@ def _import_gsplat():
 
 def rasterize(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
-    sh_degree, backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size,
+    sh_degree, backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, radius_clip=0.0, rasterize_mode="classic",
 ):
     if not means.is_cuda:
         raise ValueError("backend='gsplat' needs CUDA tensors; move the Gaussians to a GPU or use backend='torch'")
@@ -34,7 +34,8 @@ def rasterize(
     render_colors, render_alphas, info = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks_gsplat, int(width), int(height),
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, packed=False,
-        tile_size=tile_size, backgrounds=backgrounds, render_mode=render_mode,
+        tile_size=tile_size, backgrounds=backgrounds, render_mode=render_mode, radius_clip=radius_clip,
+        rasterize_mode=rasterize_mode,
     )
     means2d = info["means2d"]
     if means2d.requires_grad:

@@ -16,7 +16,10 @@ Projection (EWA splatting, as in 3DGS/gsplat): the world covariance `Sigma = R S
 goes to the camera frame `W Sigma W^T` and to the image `J W Sigma W^T J^T + eps2d I`, with
 `J` the Jacobian of the pinhole projection at the Gaussian's centre (its x/z and y/z clamped
 to 1.3 times the field of view, as gsplat does, so that Gaussians near the border do not
-explode). `eps2d = 0.3` is the usual anti-aliasing blur.
+explode). `eps2d = 0.3` is the usual anti-aliasing blur; `rasterize_mode="antialiased"` also
+scales each opacity by `sqrt(det(cov2d) / det(cov2d + eps2d I))` (Mip-Splatting's compensation,
+gsplat's antialiased mode), so that small Gaussians do not grow brighter from the blur.
+`radius_clip` skips Gaussians whose projected 3-sigma radius is at most that many pixels (gsplat).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from see3d_torch.splatting import tiled
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+RASTERIZE_MODES = ("classic", "antialiased")
 BACKENDS = ("auto", "torch", "gsplat")
 
 # real spherical harmonics constants (degree 0..3), standard in 3DGS
@@ -103,10 +107,13 @@ def project_gaussians(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
+    radius_clip: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """EWA projection. Returns means2d [C, N, 2], conics [C, N, 3] (a, b, c of the inverse 2D
-    covariance), covars2d [C, N, 3] (xx, xy, yy), depths [C, N] (camera z) and radii [C, N, 2]
-    (3-sigma half-widths in whole pixels, 0 for culled Gaussians)."""
+    covariance), covars2d [C, N, 3] (xx, xy, yy, eps2d included), depths [C, N] (camera z),
+    radii [C, N, 2] (3-sigma half-widths in whole pixels, 0 for culled Gaussians and for those
+    with both at most `radius_clip`) and compensations [C, N] (the antialiased mode's opacity
+    factor `sqrt(det(cov2d) / det(cov2d + eps2d I))`)."""
     M = quaternion_to_rotation(quats) * scales[:, None, :]
     covars = M @ M.transpose(-1, -2)  # [N, 3, 3]
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
@@ -130,11 +137,13 @@ def project_gaussians(
     cyy = cov2d[..., 1, 1] + eps2d
     cxy = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
     det = (cxx * cyy - cxy * cxy).clamp_min(1e-10)
+    det_unblurred = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cxy * cxy
+    compensations = torch.sqrt((det_unblurred / det).clamp_min(0.0))
     conics = torch.stack([cyy / det, -cxy / det, cxx / det], dim=-1)
     means2d = torch.stack([fx * x / safe_z + cx, fy * y / safe_z + cy], dim=-1)
     with torch.no_grad():
         radii = torch.ceil(3.0 * torch.stack([cxx, cyy], dim=-1).clamp_min(0).sqrt())
-        valid = (z > near_plane) & (z < far_plane) & (cxx * cyy - cxy * cxy > 0)
+        valid = (z > near_plane) & (z < far_plane) & (cxx * cyy - cxy * cxy > 0) & (radii > radius_clip).any(-1)
         inside = (
             (means2d[..., 0] + radii[..., 0] > -0.5) & (means2d[..., 0] - radii[..., 0] < width - 0.5)
             & (means2d[..., 1] + radii[..., 1] > -0.5) & (means2d[..., 1] - radii[..., 1] < height - 0.5)
@@ -146,6 +155,7 @@ def project_gaussians(
         "covars2d": torch.stack([cxx, cxy, cyy], dim=-1),
         "depths": z,
         "radii": radii,
+        "compensations": compensations,
     }
 
 
@@ -188,6 +198,8 @@ def rasterization(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
     tile_size: int | None = None,
     backend: str = "auto",
     pair_budget: int = tiled.DEFAULT_PAIR_BUDGET,
@@ -202,6 +214,9 @@ def rasterization(
         render_mode: "RGB" (the features), "D" (accumulated depth `sum w z`), "ED" (expected
         depth `sum w z / sum w`), "RGB+D" or "RGB+ED" (depth as the last channel).
         backgrounds [C, D] (colour channels only) is added where the splats are transparent.
+        radius_clip: Gaussians whose projected 3-sigma radii are both at most this (pixels) are
+        skipped. rasterize_mode: "classic" or "antialiased" (opacities times the eps2d
+        compensation, see the module docstring). Both as gsplat's arguments of the same names.
         backend: "auto" (gsplat for CUDA tensors when installed, else "torch"), "torch", "gsplat".
         tile_size: pixels per tile side; default 16 for gsplat, 4 for the torch renderer (small
         tiles follow small footprints closely, which is what costs time on a CPU).
@@ -216,6 +231,10 @@ def rasterization(
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, render_mode)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if rasterize_mode not in RASTERIZE_MODES:
+        raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
+    if not radius_clip >= 0:
+        raise ValueError(f"radius_clip must be >= 0 pixels, got {radius_clip}")
     if backend == "auto":
         backend = "gsplat" if means.is_cuda and _gsplat_available() else "torch"
     if backend == "gsplat":
@@ -225,10 +244,12 @@ def rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size or 16,
+            radius_clip=radius_clip, rasterize_mode=rasterize_mode,
         )
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
         backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size or tiled.DEFAULT_TILE_SIZE, pair_budget,
+        radius_clip, rasterize_mode,
     )
 
 
@@ -248,9 +269,10 @@ def colors_from_sh(means: torch.Tensor, coefficients: torch.Tensor, viewmats: to
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-    backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, pair_budget,
+    backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, pair_budget, radius_clip, rasterize_mode,
 ):
-    projected = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane)
+    projected = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                                  radius_clip)
     means2d, conics, depths, radii = projected["means2d"], projected["conics"], projected["depths"], projected["radii"]
     if means2d.requires_grad:
         means2d.retain_grad()  # densification reads the screen-space gradient
@@ -264,10 +286,15 @@ def _rasterize_torch(
     elif render_mode in ("RGB+D", "RGB+ED"):
         features = torch.cat([features, depths[..., None]], dim=-1)
 
+    if rasterize_mode == "antialiased":  # [C, N]: the opacities differ per camera
+        opacities = opacities[None] * projected["compensations"]
+    else:
+        opacities = opacities[None].expand(num_cameras, -1)
     with torch.no_grad():
-        # draw every pixel where alpha can reach 1/255: |d|_Q <= sqrt(2 ln(255 o))
+        # draw every pixel where alpha can reach 1/255: |d|_Q <= sqrt(2 ln(255 o)) (gsplat's
+        # opacity-aware box: at most 3.33 sigma, less for fainter Gaussians)
         reach = torch.sqrt(2.0 * torch.log((255.0 * opacities).clamp_min(1.0)))
-        extents = projected["covars2d"][..., [0, 2]].clamp_min(0).sqrt() * reach[None, :, None]
+        extents = projected["covars2d"][..., [0, 2]].clamp_min(0).sqrt() * reach[..., None]
         extents = extents * (radii > 0).all(-1, keepdim=True)
     images, alphas = [], []
     for c in range(num_cameras):
@@ -277,7 +304,7 @@ def _rasterize_torch(
             if render_mode in ("RGB+D", "RGB+ED"):
                 background = torch.cat([background, background.new_zeros(1)])
         image, alpha = tiled.rasterize_tiled(
-            means2d[c], conics[c], opacities, features[c], depths[c], extents[c], width, height,
+            means2d[c], conics[c], opacities[c], features[c], depths[c], extents[c], width, height,
             background, tile_size, pair_budget,
         )
         images.append(image)
