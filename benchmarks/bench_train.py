@@ -7,8 +7,9 @@
         --dtype bfloat16 --peak-tflops 989      # H100 SXM bf16 dense peak
 
 Times `Trainer.step` (visual condition + UNet forward/backward + AdamW + EMA) on random views
-already on device. FLOPs are analytic (`see3d_jax.unet.forward_flops`, x3 for training);
-MFU = FLOPs / step time / (peak x devices). Latent configs use a stand-in encoder (8x8
+already on device. Model FLOPs are analytic (`Trainer.flops_per_step`: 3x the forward),
+MFU = model FLOPs / step time / (peak x devices); HFU the same with `Trainer.hardware_flops_per_step`
+(remat and flash-attention recompute, VAE; README). Latent configs use a stand-in encoder (8x8
 average pooling to the latent channels) so the number measures the UNet step alone, without
 the VAE.
 """
@@ -49,7 +50,6 @@ def main(argv=None) -> dict:
 
     from see3d_jax.train import Trainer
     from see3d_jax.train_config import preset
-    from see3d_jax.unet import forward_flops
 
     overrides = list(args.overrides)
     for key, value in (("num_views", args.views), ("batch_size", args.batch), ("compute_dtype", args.dtype), ("remat", args.remat)):
@@ -76,16 +76,18 @@ def main(argv=None) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step, step_cpu = float(np.median(times)), (time.process_time() - c0) / args.steps
-    flops = 3.0 * cfg.batch_size * forward_flops(cfg.unet, cfg.num_views, cfg.unet.sample_size, cfg.unet.sample_size)
+    flops, hardware_flops = trainer.flops_per_step(), trainer.hardware_flops_per_step()
     result = {
         "config": args.config, "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "host": platform.node(),
         "image_size": cfg.image_size, "model_size": cfg.unet.sample_size, "views": cfg.num_views, "batch": cfg.batch_size,
         "dtype": cfg.compute_dtype, "remat": cfg.remat, "compile_and_first_step_s": compile_seconds,
         "compile_and_first_step_cpu_s": compile_cpu, "step_s_median": step, "step_cpu_s_mean": step_cpu, "samples_per_s": cfg.batch_size / step, "images_per_s": cfg.batch_size * cfg.num_views / step,
-        "train_tflop_per_step": flops / 1e12, "achieved_tflop_s": flops / step / 1e12, "loss": float(metrics["loss"]),
+        "train_tflop_per_step": flops / 1e12, "hardware_tflop_per_step": hardware_flops / 1e12,
+        "achieved_tflop_s": flops / step / 1e12, "loss": float(metrics["loss"]), "attention": cfg.attention_implementation,
     }
     if args.peak_tflops:
         result["mfu"] = flops / step / (args.peak_tflops * 1e12 * jax.device_count())
+        result["hfu"] = hardware_flops / step / (args.peak_tflops * 1e12 * jax.device_count())
     print(json.dumps(result, indent=1))
     return result
 

@@ -36,8 +36,10 @@ import dataclasses
 import json
 import math
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,9 +53,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from see3d_jax import condition as cond
 from see3d_jax import schedules
+from see3d_jax.attention import resolve_implementation
 from see3d_jax.sharding import activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, variable_logical_axes
 from see3d_jax.train_config import TrainConfig, preset
-from see3d_jax.unet import UNet, forward_flops, initial_parameters, save_weights
+from see3d_jax.unet import UNet, attention_matmul_flops, forward_flops, initial_parameters, save_weights
 from see3d_jax.vae import LatentEncoder
 
 # pixels [B, K, H, W, 3] -> scaled latents [B, K, h, w, C]: a `see3d_jax.vae.LatentEncoder`
@@ -141,10 +144,11 @@ class Trainer:
                             "ema": jax.tree.map(jnp.copy, params)},
             in_shardings=(param_shardings,), out_shardings=self.state_shardings,
         )
-        # Batches are dicts sharded by sample: "views" [B, N, H, W, 3], and for posed training
-        # "depths" [B, N, H, W], "intrinsics" [B, N, 3, 3], "c2w" [B, N, 4, 4].
+        # Batches are dicts sharded by sample: "views" [B, N, H, W, 3], and for posed training the
+        # pair warps (the generation loop's warp, `see3d_jax.data`): "pair_images" [B, N, N, H, W, 3],
+        # "pair_masks" and "pair_depths" [B, N, N, H, W].
         self.posed = config.condition.variant == "posed_warp"
-        batch_ndims = {"views": 5, "depths": 4, "intrinsics": 4, "c2w": 4} if self.posed else {"views": 5}
+        batch_ndims = {"views": 5, "pair_images": 6, "pair_masks": 5, "pair_depths": 5} if self.posed else {"views": 5}
         if config.cache_latents:  # "latents" [B, N, h, w, C] from see3d_jax.data.cache_latents
             batch_ndims["latents"] = 5
         self.batch_shardings = {k: NamedSharding(self.mesh, batch_spec(n)) for k, n in batch_ndims.items()}
@@ -210,9 +214,9 @@ class Trainer:
         views = constrain(batch["views"], ("batch", None, None, None, None))
         encoder_params = self.encoder_params if encoder_params is None else encoder_params
         encode_fn = None if self._encode_apply is None else lambda pixels: self._encode_apply(encoder_params, pixels)
+        pair_warps = cond.PairWarps(batch["pair_images"], batch["pair_masks"], batch["pair_depths"]) if self.posed else None
         tb = cond.build_training_batch(key, views, self.schedule, self.condition_config, encode_fn,
-                                       batch.get("depths"), batch.get("intrinsics"), batch.get("c2w"),
-                                       batch.get("latents"))
+                                       batch.get("latents"), pair_warps)
         out = self.model_fn(params)(tb.x_t, tb.condition, tb.mask, tb.t, self.batch_context(views.shape[0]))
         target = schedules.training_target(self.schedule, tb.x0, tb.noise, tb.t, self.config.unet.prediction_type)
         cfg = self.config
@@ -271,8 +275,35 @@ class Trainer:
         return {k: jax.make_array_from_process_local_data(sh, local[k]) for k, sh in self.batch_shardings.items()}
 
     def flops_per_step(self) -> float:
+        """Model FLOPs of one optimizer step (MFU's numerator): 3x the UNet's analytic forward
+        FLOPs (forward, and backward = 2x forward) per sample."""
         u, cfg = self.config.unet, self.config
         return 3.0 * cfg.batch_size * forward_flops(u, cfg.num_views, u.sample_size, u.sample_size)
+
+    def hardware_flops_per_step(self) -> float:
+        """FLOPs the hardware executes per step (HFU's numerator): the model FLOPs plus what
+        rematerialisation recomputes (`full`: the forward; `dots_no_batch`: the attention score
+        and value matmuls), the score matmul flash-style attention recomputes in its backward,
+        and the VAE encoder (XLA's cost analysis of one image, times the images encoded per
+        step: the views and the condition images, or the condition images alone with
+        `cache_latents`)."""
+        u, cfg = self.config.unet, self.config
+        size, views = u.sample_size, cfg.num_views
+        forward = forward_flops(u, views, size, size)
+        attention = attention_matmul_flops(u, views, size, size)
+        recompute = {"full": forward, "dots_no_batch": attention}.get(cfg.remat, 0.0)
+        levels = [level for level in range(len(u.channel_mult)) if u.level_has_attention(level)]
+        longest = (size >> min(levels, default=0)) ** 2 * (views if u.multiview_attention else 1)  # the finest attention level's tokens
+        implementation = resolve_implementation(cfg.attention_implementation, backend=jax.default_backend(),
+                                                dtype=cfg.compute_dtype, num_keys=longest, head_dim=u.num_head_channels)
+        flash = attention / 2 if implementation != "xla" else 0.0
+        vae = 0.0
+        if self._encode_apply is not None:
+            image = jax.ShapeDtypeStruct((1, 1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+            cost = jax.jit(self._encode_apply).lower(self.encoder_params, image).compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            vae = float(cost.get("flops", 0.0)) * cfg.batch_size * views * (1 if cfg.cache_latents else 2)
+        return cfg.batch_size * (3.0 * forward + recompute + flash) + vae
 
 
 # --- the run (CLI) -------------------------------------------------------------------------------
@@ -333,6 +364,17 @@ def load_encoder(path: str, dtype: str = "float32") -> LatentEncoder:
     return latent_encoder(model, jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
 
 
+def use_compilation_cache(directory: str) -> None:
+    """Store compiled programs in `directory` (JAX's persistent compilation cache; local or
+    gs://), so a restarted or resumed run loads its train step instead of compiling it again
+    (minutes for sd21). Programs that compile in under a second are not stored."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir not in (None, directory):
+        compilation_cache.reset_cache()  # the cache opens its directory once: start over for a new one
+    compilation_cache.set_cache_dir(directory)
+
+
 def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | None = None,
         progress: bool = True, encode_fn: EncodeFn | None = None) -> dict[str, Any]:
     """Train (or resume) to `config.steps`. Returns a summary (final step, last loss, whether it
@@ -342,6 +384,8 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     from see3d_jax.checkpointing import Checkpointer, abstract_like
     from see3d_jax.data import cache_latents, clip_shard, training_batches
 
+    if config.compilation_cache_dir is not None:
+        use_compilation_cache(config.compilation_cache_dir)
     process_count, process_index = jax.process_count(), jax.process_index()
     shards = process_count if data_shards is None else data_shards
     if shards % process_count or config.batch_size % shards:
@@ -382,6 +426,13 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
         state = trainer.init_state()
         resumed_from = 0
 
+    def next_batch():  # the next global batch, and the data iterators' state once it is drawn
+        parts = [next(it) for it in iterators]
+        local = {k: np.concatenate([p[k] for p in parts], axis=0) for k in trainer.batch_shardings}
+        return trainer.global_batch(local), {"shards": [it.get_state() for it in iterators]}
+
+    data_state = {"shards": [it.get_state() for it in iterators]}  # the state after the last consumed batch
+    batches = Prefetcher(next_batch, config.prefetch_batches)
     stop = {"signal": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", True))
     logger = _Logger(local_dir, config.tensorboard)
@@ -398,6 +449,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
 
         bar = tqdm(total=config.steps, initial=resumed_from, desc="train", dynamic_ncols=True)
     flops = trainer.flops_per_step()
+    hardware_flops = trainer.hardware_flops_per_step() if config.peak_tflops_per_device else None
     step = resumed_from
     last_loss = float("nan")
     preempted = False
@@ -407,12 +459,11 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
         while step < config.steps:
             if config.time_limit_minutes is not None and time.perf_counter() - run_start > 60 * config.time_limit_minutes:
                 logger.write({"step": step, "event": "time_limit"})
-                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+                ckpt.save(step, state, data_state)
                 break
-            parts = [next(it) for it in iterators]
-            local = {k: np.concatenate([p[k] for p in parts], axis=0) for k in trainer.batch_shardings}
+            batch, data_state = next(batches)
             t0 = time.perf_counter()
-            state, metrics = trainer.step(state, trainer.global_batch(local))
+            state, metrics = trainer.step(state, batch)
             step += 1
             window_steps += 1
             if step == resumed_from + 1:
@@ -427,7 +478,10 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
                           "samples_per_second": config.batch_size / step_time if window_steps else None,
                           "tflops_per_step": flops / 1e12}
                 if config.peak_tflops_per_device and window_steps:
-                    record["mfu"] = flops / step_time / (config.peak_tflops_per_device * 1e12 * jax.device_count())
+                    peak = config.peak_tflops_per_device * 1e12 * jax.device_count()
+                    record["mfu"] = flops / step_time / peak
+                    record["hfu"] = hardware_flops / step_time / peak
+                    record["hardware_tflops_per_step"] = hardware_flops / 1e12
                 logger.write(record)
                 last_loss = metrics["loss"]
                 window_start, window_steps = time.perf_counter(), 0
@@ -441,15 +495,15 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
 
                 stop_now = bool(multihost_utils.process_allgather(np.array(stop_now)).any())
             if stop_now or ckpt.reached_preemption(step):
-                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+                ckpt.save(step, state, data_state)
                 ckpt.wait()
                 logger.write({"step": step, "event": "preempted", "checkpoint": step})
                 preempted = True
                 break
             if step % config.checkpoint_every == 0:
-                ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+                ckpt.save(step, state, data_state)
         if not preempted and step == config.steps:
-            ckpt.save(step, state, {"shards": [it.get_state() for it in iterators]})
+            ckpt.save(step, state, data_state)
         ckpt.wait()
         if not preempted:
             ema = jax.tree.map(lambda x: np.asarray(x), _gather(state["ema"]))
@@ -457,12 +511,59 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
                 save_weights(ema, config.unet, local_dir / "ema")
                 logger.write({"step": step, "event": "finished", "ema": str(local_dir / "ema")})
     finally:
+        batches.close()
         signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
         logger.close()
         ckpt.close()
     return {"step": step, "loss": last_loss, "preempted": preempted, "resumed_from": resumed_from}
+
+
+class Prefetcher:
+    """Batches made by `make` (a function returning one item) `depth` items ahead, in a
+    background thread (as big_vision prefetches to devices): reading, decoding and the
+    host-to-device copy of the next batches overlap the running step. `depth=0` calls `make`
+    inline. An exception in the thread is raised by the `next` that would have returned its
+    item."""
+
+    def __init__(self, make: Callable[[], Any], depth: int):
+        self.make, self.depth = make, depth
+        if depth == 0:
+            return
+        self.items: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._fill, name="see3d-prefetch", daemon=True)
+        self.thread.start()
+
+    def _fill(self):
+        while not self.stopping.is_set():
+            try:
+                item = (True, self.make())
+            except BaseException as e:  # handed to the consumer
+                item = (False, e)
+            while not self.stopping.is_set():
+                try:
+                    self.items.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item[0]:
+                return
+
+    def __next__(self):
+        if self.depth == 0:
+            return self.make()
+        ok, item = self.items.get()
+        if not ok:
+            raise item
+        return item
+
+    def close(self):
+        if self.depth == 0:
+            return
+        self.stopping.set()
+        self.thread.join()
 
 
 def _gather(tree):

@@ -73,7 +73,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
     tensorboard: bool = True
-    peak_tflops_per_device: float | None = None  # for MFU; None: MFU is not reported
+    peak_tflops_per_device: float | None = None  # for MFU / HFU (README: the formulas); None: not reported
+    prefetch_batches: int = 2  # global batches assembled and put on devices ahead of the step by a thread (0: inline)
+    compilation_cache_dir: str | None = None  # JAX's persistent compilation cache (restarts skip compiling)
     time_limit_minutes: float | None = None  # stop (checkpoint + EMA export) after this much training time
 
     def __post_init__(self):
@@ -90,6 +92,8 @@ class TrainConfig:
         check_implementation(self.attention_implementation, "TrainConfig.attention_implementation")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"TrainConfig.prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.vae_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.vae_dtype must be 'float32' or 'bfloat16', got {self.vae_dtype!r}")
 

@@ -384,7 +384,19 @@ def forward_flops(config: UNetConfig, num_views: int, height: int, width: int, c
     """Analytic FLOPs (2 per multiply-add) of one forward pass of one sample of `num_views`
     views at `height` x `width` (model resolution): convolutions, linear layers and attention
     matmuls; norms and pointwise ops are ignored (they are < 1%). Training is ~3x this."""
+    return _flop_counts(config, num_views, height, width, context_tokens)[0]
+
+
+def attention_matmul_flops(config: UNetConfig, num_views: int, height: int, width: int, context_tokens: int | None = None) -> float:
+    """The part of `forward_flops` in the attention score and value matmuls (self and cross):
+    what flash-style attention recomputes in the backward pass, and remat `dots_no_batch`
+    recomputes (batched matmuls are not saved)."""
+    return _flop_counts(config, num_views, height, width, context_tokens)[1]
+
+
+def _flop_counts(config: UNetConfig, num_views: int, height: int, width: int, context_tokens: int | None) -> tuple[float, float]:
     cfg = config
+    attention = 0.0
     ctx_len = cfg.context_tokens if context_tokens is None else context_tokens
     v = num_views
 
@@ -396,14 +408,16 @@ def forward_flops(config: UNetConfig, num_views: int, height: int, width: int, c
         return f + (conv_f(h, w, cin, cout, 1) if cin != cout else 0.0)
 
     def st_f(h, w, c):
+        nonlocal attention
         n = h * w
         f = 2 * 2.0 * n * c * c  # proj_in, proj_out
         for _ in range(cfg.transformer_depth):
             f += 4 * 2.0 * n * c * c  # attn1 q, k, v, out
-            f += 2 * 2.0 * (v * n if cfg.multiview_attention else n) * n * c  # attn1 scores + values
-            f += 2 * 2.0 * n * c * c + 2 * 2.0 * ctx_len * cfg.context_dim * c  # attn2 q, out; k, v
-            f += 2 * 2.0 * n * ctx_len * c  # attn2 scores + values
+            scores = 2 * 2.0 * (v * n if cfg.multiview_attention else n) * n * c  # attn1 scores + values
+            scores += 2 * 2.0 * n * ctx_len * c  # attn2 scores + values
+            f += scores + 2 * 2.0 * n * c * c + 2 * 2.0 * ctx_len * cfg.context_dim * c  # attn2 q, out; k, v
             f += 2.0 * n * c * 8 * c + 2.0 * n * 4 * c * c  # GEGLU proj, ff out
+            attention += scores * v
         return f
 
     mc, levels = cfg.model_channels, len(cfg.channel_mult)
@@ -433,7 +447,7 @@ def forward_flops(config: UNetConfig, num_views: int, height: int, width: int, c
                 h, w = h * 2, w * 2
                 total += conv_f(h, w, ch, ch)
     total += conv_f(h, w, mc, cfg.out_channels)
-    return total * v
+    return total * v, attention
 
 
 # --- weights on disk ----------------------------------------------------------------------------
