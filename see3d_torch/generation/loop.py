@@ -142,26 +142,16 @@ def warp_anchors(
     best_z = torch.full((h, w), float("inf"))
     image = torch.zeros(h, w, 3)
     for img, depth, cam in zip(anchor_images, anchor_depths, anchor_cameras):
-        src_to_dst = target.w2c @ cam.c2w
-        d = torch.from_numpy(np.asarray(depth, dtype=np.float32))
-        # carry each source pixel's depth in the target camera along with its colour, so the
-        # merge over anchors (and the warped depth) uses the target's z, not the source's
-        ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=torch.float32), torch.arange(cam.width, dtype=torch.float32), indexing="ij")
-        K = torch.from_numpy(cam.K).float()
-        x_cam = torch.stack([(xs - K[0, 2]) / K[0, 0] * d, (ys - K[1, 2]) / K[1, 1] * d, d], dim=-1)
-        T = torch.from_numpy(src_to_dst).float()
-        z_dst = x_cam @ T[2, :3] + T[2, 3]
-        channels = torch.cat([torch.from_numpy(np.asarray(img, dtype=np.float32)), z_dst[..., None]], dim=-1)
-        warped, known = forward_warp(
-            channels.permute(2, 0, 1)[None], d[None, None],
-            torch.from_numpy(cam.K).float()[None], torch.from_numpy(target.K).float()[None], T[None],
-            out_size=(h, w),
+        warped, known, z_dst = forward_warp(
+            torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None],
+            torch.from_numpy(np.asarray(depth, dtype=np.float32))[None, None],
+            torch.from_numpy(cam.K).float()[None], torch.from_numpy(target.K).float()[None],
+            torch.from_numpy(target.w2c @ cam.c2w).float()[None], out_size=(h, w), return_depth=True,
         )
-        warped = warped[0].permute(1, 2, 0)
         known = known[0, 0] > 0.5
-        closer = known & (warped[..., 3] < best_z)
-        best_z = torch.where(closer, warped[..., 3], best_z)
-        image = torch.where(closer[..., None], warped[..., :3], image)
+        closer = known & (z_dst[0, 0] < best_z)  # the merge over anchors keeps the target's nearest surface
+        best_z = torch.where(closer, z_dst[0, 0], best_z)
+        image = torch.where(closer[..., None], warped[0].permute(1, 2, 0), image)
     mask = torch.isfinite(best_z)
     warped_depth = torch.where(mask, best_z, torch.zeros(()))
     return image.clamp(0, 1).numpy(), mask.float().numpy(), warped_depth.numpy()
