@@ -1,7 +1,9 @@
-"""WebVi3D curation benchmark: decision accuracy on a labelled synthetic suite and throughput.
+"""WebVi3D curation benchmark: decision accuracy on a labelled synthetic suite, throughput, and the
+fallback person detector's recall on a real video labelled by hand.
 
-    .venv/bin/python benchmarks/bench_curation.py                 # accuracy: 7 videos x 6 kinds
+    .venv/bin/python benchmarks/bench_curation.py                 # accuracy: 7 videos x 8 kinds
     .venv/bin/python benchmarks/bench_curation.py --throughput    # + 480p frames/s on one core
+    .venv/bin/python benchmarks/bench_curation.py --detector-recall   # face cascade on person_stairs.mp4
 
 Accuracy: `see3d_core.videos.write_labelled_suite` (mp4s and frame folders of every kind) is
 curated without Mask R-CNN; prints the confusion matrix (kind x decision), per-step timings and
@@ -100,6 +102,50 @@ def throughput(work: Path, num_videos: int, num_frames: int) -> float:
     return fps
 
 
+# Hand labels of ../shared/data/real_videos/person_stairs.mp4 (1920x1080): every 20th frame was
+# looked at; one person (seated, facing the camera) in each; her box (x0, y0, x1, y1) in pixels.
+PERSON_STAIRS_BOXES = {
+    0: (900, 200, 1420, 1080), 20: (880, 200, 1420, 1080), 40: (820, 200, 1400, 1080), 60: (800, 200, 1400, 1080),
+    80: (760, 200, 1400, 1080), 100: (720, 200, 1360, 1080), 120: (720, 260, 1320, 1080), 140: (700, 260, 1300, 1080),
+    160: (680, 260, 1300, 1080), 180: (660, 320, 1300, 1080), 200: (640, 320, 1300, 1080), 220: (580, 300, 1260, 1080),
+}
+
+
+def detector_recall(video: Path) -> None:
+    """Recall of the fallback detector (a frame counts when a detection's centre lies in the labelled
+    person box) and its detections elsewhere (false positives), on the hand-labelled frames."""
+    import cv2
+
+    from see3d_torch.curation.detectors import FaceCascadeDetector
+
+    labelled = sorted(PERSON_STAIRS_BOXES)
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise OSError(f"cannot open {video} (expected ../shared/data/real_videos/person_stairs.mp4 or --person-video)")
+    frames, index = [], 0
+    while len(frames) < len(labelled):
+        ok, frame = capture.read()
+        if not ok:
+            raise OSError(f"{video} ended at frame {index}; the labels go to frame {labelled[-1]}")
+        if index in PERSON_STAIRS_BOXES:
+            frames.append(frame[..., ::-1])
+        index += 1
+    frames = np.stack(frames)
+    detector = FaceCascadeDetector()
+    cpu = time.process_time()
+    found = detector.detect(frames)
+    seconds = (time.process_time() - cpu) / len(labelled)
+    scale = max(frames.shape[2] / detector.size[0], frames.shape[1] / detector.size[1])  # detector boxes are in its resized frame
+    hits = false_positives = 0
+    for index, detections in zip(labelled, found):
+        x0, y0, x1, y1 = PERSON_STAIRS_BOXES[index]
+        on = [d for d in detections if x0 <= (d.box[0] + d.box[2]) / 2 * scale <= x1 and y0 <= (d.box[1] + d.box[3]) / 2 * scale <= y1]
+        hits += bool(on)
+        false_positives += len(detections) - len(on)
+    print(f"\n{detector.name} on {video.name}: recall {hits}/{len(labelled)} hand-labelled frames "
+          f"({100 * hits / len(labelled):.0f}%), {false_positives} detections off the person, {seconds:.2f} CPU s per frame")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=7)
@@ -108,7 +154,12 @@ def main() -> None:
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--hd-videos", type=int, default=4)
     parser.add_argument("--hd-frames", type=int, default=120)
+    parser.add_argument("--detector-recall", action="store_true", help="only the fallback detector's recall on the real person video")
+    parser.add_argument("--person-video", default=str(Path(__file__).resolve().parents[2] / "shared/data/real_videos/person_stairs.mp4"))
     args = parser.parse_args()
+    if args.detector_recall:
+        detector_recall(Path(args.person_video))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from see3d_core.cameras import invert_pose
 from see3d_core.clips import ClipDataset, read_manifest
 from see3d_torch.curation import CurationConfig, curate, flow, geometry, io, pipeline, split, tracks
 from see3d_torch.curation.cli import main as cli_main
-from see3d_torch.curation.detectors import Detection, count_dynamic, load_detector, DetectorUnavailable
+from see3d_torch.curation.detectors import Detection, DetectorUnavailable, FaceCascadeDetector, count_dynamic, load_detector
 from see3d_torch.curation.runner import reconcile
 
 
@@ -89,14 +90,35 @@ def test_config_file_and_options(tmp_path):
         CurationConfig().with_options(window_stride=0)
 
 
-def test_maskrcnn_missing_is_reported_not_passed():
+def test_maskrcnn_missing_falls_back_to_the_face_cascade_or_is_reported_not_passed():
     try:
         import torchvision  # noqa: F401
         pytest.skip("torchvision importable here")
     except Exception:
         pass
+    fallback = load_detector(CurationConfig().semantic)
+    assert isinstance(fallback, FaceCascadeDetector) and "torchvision" in fallback.replaces
     with pytest.raises(DetectorUnavailable, match="torchvision"):
-        load_detector(CurationConfig().semantic)
+        load_detector(CurationConfig().with_options(fallback_detector="none").semantic)
+
+
+def test_face_cascade_counts_a_real_face_and_no_synthetic_one():
+    pytest.importorskip("skimage")
+    from skimage.data import astronaut
+
+    detector = FaceCascadeDetector()
+    image = astronaut()  # 512 x 512, Eileen Collins' face around x 170-290, y 60-170
+    (found,) = detector.detect(image[None])
+    scale = 512 / min(detector.size)  # the detector fits the image into 512 x 288
+    centres = [((d.box[0] + d.box[2]) / 2 * scale, (d.box[1] + d.box[3]) / 2 * scale) for d in found]
+    assert all(d.label == "person" for d in found)
+    assert any(170 < x < 290 and 60 < y < 170 for x, y in centres), centres
+    courtyard = videos.make_video("moving_camera", 1, num_frames=3, width=320, height=240).frames
+    assert detector.detect(courtyard) == [[], [], []]
+    # the runner ships detectors to worker processes: the cascade must survive pickling
+    import pickle
+
+    assert len(pickle.loads(pickle.dumps(detector)).detect(image[None])[0]) == len(found)
 
 
 # --- decisions on labelled videos -------------------------------------------------------------
@@ -304,7 +326,7 @@ def test_chained_flow_adds_steps_and_is_trusted_only_where_every_step_was():
     step2[..., 1] = 3.0  # then 3 px down
     trusted2 = np.ones((h, w), bool)
     trusted2[10, 12] = False  # where pixel (10, 10) lands after the first step
-    chained, valid = flow.chain_flows([step1, step2], [np.ones((h, w), bool), trusted2])
+    chained, valid, _ = flow.chain_flows([step1, step2], [np.ones((h, w), bool), trusted2])
     assert np.allclose(chained[5, 5], [2.0, 3.0])
     assert not valid[10, 10] and valid[10, 11] and valid[5, 5]
     assert not valid[5, w - 1]  # left the image in the first step
@@ -336,3 +358,19 @@ def test_window_fundamental_without_a_model_is_no_evidence_not_an_error(monkeypa
     monkeypatch.setattr(geometry.cv2, "findFundamentalMat", usac_without_model)
     flow_field = np.ones((30, 40, 2), np.float32)
     assert geometry.fundamental_from_flow(flow_field, np.ones((30, 40), bool), 100, np.random.default_rng(0), 1.0) is None
+
+
+REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_videos"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_VIDEOS / "water.mp4").is_file(), reason="the real example videos are not on this machine")
+def test_real_videos_are_decided_as_the_released_pipeline_decides_them(tmp_path):
+    """The See3D authors' unfiltered examples: rushing water is non-rigid motion; the person on the
+    stairs is rejected by the semantic step (here the face cascade, as torchvision is missing)."""
+    records = {r["video"]: r for r in curate(REAL_VIDEOS, tmp_path / "out", progress=False)}
+    water, person = records["water.mp4"], records["person_stairs.mp4"]
+    assert (water["status"], water["reason"]) == ("rejected", "non_rigid_motion"), water["scores"]
+    assert water["scores"]["semantic"]["total"] <= 10  # the semantic step ran and let it through
+    assert (person["status"], person["reason"]) == ("rejected", "semantic_dynamic"), person["scores"]
+    assert person["scores"]["semantic"]["detector"] == person["steps"]["semantic"]["detector"]

@@ -40,7 +40,10 @@ class DownsampleConfig:
 class SemanticConfig:
     """Step 2: instance detection on the first frames; too many dynamic-class detections reject."""
 
-    detector: str = "maskrcnn"  # "maskrcnn" or "none"
+    detector: str = "maskrcnn"  # "maskrcnn", "face_cascade" or "none"
+    # used when Mask R-CNN cannot run (no torchvision or weights): "face_cascade" (scikit-image's
+    # LBP frontal-face cascade, one person per face) or "none" (step 2 recorded as skipped)
+    fallback_detector: str = "face_cascade"
     detector_weights: str | None = None  # local Mask R-CNN weights; default: torch's hub cache
     detector_frames: int = 21
     detector_width: int = 1024
@@ -91,6 +94,16 @@ class MotionConfig:
     window_correspondences: int = 1000
     window_inlier_px: float = 2.4  # MAGSAC++ inlier threshold of a window's F, pixels at flow long side 768
     window_sampson_divisor: float = 8100.0  # dynamic pixel in a window: error > H * W / divisor (px^2)
+    # Accumulated residuals: each adjacent pair's epipolar distance (sqrt of its Sampson error) summed
+    # along the chained path over the window. Smooth non-rigid motion (water, haze, flags) moves a few
+    # pixels per frame: under the Sampson threshold of any single pair (3 px at 320 px wide), and when it
+    # oscillates, under that of the chained flow too, but it is off its epipolar line in every pair. A
+    # static pixel's distances are noise: a pixel is persistently off when its sum exceeds this multiple
+    # of the sum of the pairs' median distances (their noise level, 0.02-0.09 px per pair on the
+    # synthetic suite), and at least `window_residual_min_px` (pixels at a flow long side of 768).
+    # 0 turns the test off.
+    window_residual_noise_multiple: float = 8.0
+    window_residual_min_px: float = 1.0
     window_min_region: float = 0.01  # a window is dynamic when its largest dynamic region covers this share
     window_min_run: int = 2  # ... and so are its neighbours in a run this long (flow errors are sporadic, movers persist)
     # chained flow is trusted only this far (pixels at a flow long side of 768) from forward-backward

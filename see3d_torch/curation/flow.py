@@ -123,18 +123,26 @@ def away_from_untrusted(trusted: np.ndarray, margin_px: int) -> np.ndarray:
     return cv2.erode(trusted.astype(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
-def chain_flows(flows: Sequence[np.ndarray], trusted: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def chain_flows(flows: Sequence[np.ndarray], trusted: Sequence[np.ndarray],
+                residuals: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Compose the flows of consecutive frames a -> a+1 -> ... -> a+k into one flow a -> a+k.
 
     A chained correspondence is trusted only where every step along its path was; composing short
-    steps keeps DIS accurate where one direct flow over k frames would have to find large motions."""
+    steps keeps DIS accurate where one direct flow over k frames would have to find large motions.
+    With `residuals` (one [H, W] map per step), also returns their sum along each pixel's path
+    (each step's map read where the path is at that step); else None."""
     h, w = flows[0].shape[:2]
     xs, ys = pixel_grid(h, w)
     px, py = xs.copy(), ys.copy()
     valid = np.ones((h, w), bool)
-    for step, ok in zip(flows, trusted):
+    total = None if residuals is None else np.zeros((h, w), np.float32)
+    for i, (step, ok) in enumerate(zip(flows, trusted)):
         valid &= cv2.remap(ok.astype(np.uint8), px, py, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-        moved = cv2.remap(step, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # one remap moves the flow and the residual together (a third channel costs little)
+        fields = step if residuals is None else np.dstack([step, residuals[i]])
+        moved = cv2.remap(fields, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         px += moved[..., 0]
         py += moved[..., 1]
-    return np.stack([px - xs, py - ys], axis=-1), valid
+        if total is not None:
+            total += moved[..., 2]
+    return np.stack([px - xs, py - ys], axis=-1), valid, total

@@ -66,16 +66,20 @@ def sampson_error(F: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return algebraic**2 / np.maximum(denominator, 1e-12)
 
 
+def open_small_specks(mask: np.ndarray) -> np.ndarray:
+    """`mask` opened with a disk of radius 1 (isolated pixels and one-pixel lines go)."""
+    disk1 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk1).astype(bool)
+
+
 def dynamic_mask(error: np.ndarray, percentile: float = 80.0, threshold_divisor: float = 8100.0) -> np.ndarray:
     """Pixels that move against the rigid scene: error above its `percentile`-th percentile and
     above H*W/`threshold_divisor` px^2, opened with a disk of radius 1, dilated with radius 2."""
     h, w = error.shape
     floor = np.percentile(error, percentile)
     raw = (error >= floor) & (error > h * w / threshold_divisor)
-    disk1 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     disk2 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    opened = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, disk1)
-    return cv2.dilate(opened, disk2).astype(bool)
+    return cv2.dilate(open_small_specks(raw).astype(np.uint8), disk2).astype(bool)
 
 
 def rigid_fit_ratio(flow: np.ndarray, mask: np.ndarray, valid: np.ndarray, tolerance_px: float,

@@ -44,6 +44,16 @@ class PairMotion:
     def dynamic_fraction(self) -> float:
         return float(self.mask.mean())
 
+    @property
+    def epipolar_distance(self) -> np.ndarray:
+        """[H, W] px: each pixel's distance from its epipolar line (0 where not measured)."""
+        return np.sqrt(self.sampson)
+
+    @property
+    def epipolar_noise(self) -> float:
+        """The pair's typical distance from the epipolar lines (px): the median over consistent pixels."""
+        return float(np.median(self.epipolar_distance[self.consistent])) if self.consistent.any() else 0.0
+
 
 def analyse_pair(gray0: np.ndarray, gray1: np.ndarray, estimate_flow: flow.FlowEstimator, config: MotionConfig,
                  rng: np.random.Generator) -> PairMotion:
@@ -68,12 +78,18 @@ class WindowMotion:
     valid: np.ndarray  # [H, W] bool, every step trusted
     mask: np.ndarray  # [H, W] bool dynamic pixels (valid ones only)
     largest_region: float  # share of the frame covered by the largest dynamic region
+    accumulated_residual: np.ndarray | None = None  # [H, W] px: adjacent pairs' epipolar distances summed along each path
+    residual_region: float = 0.0  # share of the frame covered by the largest region of persistent residuals
 
 
 def analyse_window(flows: list[np.ndarray], trusted: list[np.ndarray], config: MotionConfig,
-                   rng: np.random.Generator) -> WindowMotion:
-    """The Sampson test on consecutive flows chained over a window (see `MotionConfig.window_frames`)."""
-    forward, valid = flow.chain_flows(flows, trusted)
+                   rng: np.random.Generator, distances: list[np.ndarray] | None = None,
+                   noise_px: list[float] | None = None) -> WindowMotion:
+    """The Sampson test on consecutive flows chained over a window (see `MotionConfig.window_frames`)
+    and, with the adjacent pairs' epipolar `distances` and their typical values `noise_px`, the
+    distances summed along each pixel's path: motion that is small in every pair but never rigid
+    (see `MotionConfig.window_residual_noise_multiple`)."""
+    forward, valid, accumulated = flow.chain_flows(flows, trusted, distances)
     inlier_px = config.window_inlier_px * max(valid.shape) / FLOW_REFERENCE_LONG_SIDE
     F = geometry.fundamental_from_flow(forward, valid, config.window_correspondences, rng, inlier_px)
     if F is None:
@@ -81,7 +97,12 @@ def analyse_window(flows: list[np.ndarray], trusted: list[np.ndarray], config: M
     else:
         sampson = np.where(valid, geometry.sampson_error(F, forward), 0.0).astype(np.float32)
     mask = geometry.dynamic_mask(sampson, config.sampson_percentile, config.window_sampson_divisor) & valid
-    return WindowMotion(forward, valid, mask, geometry.largest_region_fraction(mask))
+    window = WindowMotion(forward, valid, mask, geometry.largest_region_fraction(mask), accumulated)
+    if accumulated is not None:
+        floor = config.window_residual_min_px * max(valid.shape) / FLOW_REFERENCE_LONG_SIDE
+        limit = max(config.window_residual_noise_multiple * float(sum(noise_px or [0.0])), floor)
+        window.residual_region = geometry.largest_region_fraction(geometry.open_small_specks((accumulated > limit) & valid))
+    return window
 
 
 def flow_frames(frames: np.ndarray, long_side: int) -> list[np.ndarray]:
@@ -177,7 +198,8 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         counts = detectors.count_dynamic(found, sem.dynamic_classes, sem.score_threshold)
         run.scores["semantic"] = {"detector": detector.name, "frames": min(n, sem.detector_frames),
                                   "detections": counts, "total": int(sum(counts.values()))}
-        run.ran("semantic")
+        replaces = getattr(detector, "replaces", None)  # a fallback says what it stands in for
+        run.ran("semantic", detector=detector.name, **({"replaces": replaces} if replaces else {}))
         if sum(counts.values()) > sem.max_detections:
             run.rejected = "semantic_dynamic"
             return run.decision()
@@ -205,8 +227,8 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     magnitudes, fractions, rigid_inliers, rigid_pixels = [], [], 0.0, 0
     tolerance = mo.rigid_tolerance_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE
     margin = round(mo.occlusion_margin_px * max(fh, fw) / FLOW_REFERENCE_LONG_SIDE)
-    recent = collections.deque(maxlen=mo.window_frames)  # (forward flow, trusted) of the last pairs
-    window_starts, window_regions = [], []
+    recent = collections.deque(maxlen=mo.window_frames)  # (forward flow, trusted, epipolar distance, its noise) of the last pairs
+    window_starts, window_regions, residual_regions = [], [], []
     min_region = max(8, round(fh * fw * 4e-4))  # regions smaller than 0.04% of the frame are too small to fit
     # short videos: the early exit looks at all their pairs and asks the same share to be static
     early_exit_pairs = min(mo.early_exit_pairs, len(grays) - 1)
@@ -225,12 +247,15 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
                 rigid_inliers += ratio * pixels
                 rigid_pixels += pixels
         if mo.window_frames:
-            recent.append((pair.forward, flow.away_from_untrusted(pair.consistent, margin)))
+            recent.append((pair.forward, flow.away_from_untrusted(pair.consistent, margin), pair.epipolar_distance, pair.epipolar_noise))
             start = i + 1 - mo.window_frames
             if start >= 0 and start % mo.window_stride == 0:
-                window = analyse_window([f for f, _ in recent], [t for _, t in recent], mo, rng)
+                flows_, trusted_, distances, noises = (list(parts) for parts in zip(*recent))
+                accumulate = mo.window_residual_noise_multiple > 0
+                window = analyse_window(flows_, trusted_, mo, rng, distances if accumulate else None, noises if accumulate else None)
                 window_starts.append(start)
                 window_regions.append(window.largest_region)
+                residual_regions.append(window.residual_region)
         if flow_says_static():
             break
     motion_scores.update({"static_flow_px": round(static_px, 4), "mean_abs_flow": _round(magnitudes),
@@ -242,7 +267,8 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         return run.decision()
     dynamic_pairs = np.array(fractions) > mo.dynamic_pixel_fraction
     dynamic_share = float(dynamic_pairs.mean())
-    dynamic_windows = _in_long_runs(np.array(window_regions) >= mo.window_min_region, mo.window_min_run)
+    window_evidence = (np.array(window_regions) >= mo.window_min_region) | (np.array(residual_regions) >= mo.window_min_region)
+    dynamic_windows = _in_long_runs(window_evidence, mo.window_min_run)
     window_share = float(dynamic_windows.mean()) if len(dynamic_windows) else 0.0
     # Clips drop every frame a dynamic pair or window touches (frames past the flow range were not
     # checked). The video-level share counts a window from its last frame up to the next window's last
@@ -261,7 +287,8 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     motion_scores["dynamic_frame_share"] = round(dynamic_share, 4)
     motion_scores["rigid_fit_ratio"] = round(rigid_inliers / rigid_pixels, 4) if rigid_pixels else None
     motion_scores.update({"window_frames": mo.window_frames, "window_starts": window_starts,
-                          "window_largest_regions": _round(window_regions), "dynamic_window_share": round(window_share, 4)})
+                          "window_largest_regions": _round(window_regions), "window_residual_regions": _round(residual_regions),
+                          "dynamic_window_share": round(window_share, 4)})
     run.ran("motion", **notes)
     # the SPEC rule on adjacent pairs, or frames flagged by pairs or windows (windows catch objects that
     # move along the epipolar lines of adjacent frames)

@@ -58,7 +58,7 @@ def _detector(config: CurationConfig, given: detectors.Detector | None) -> tuple
     """The detector for step 2 and, when there is none, why (cached per process)."""
     if given is not None:
         return given, None
-    key = (config.semantic.detector, config.semantic.detector_weights, config.semantic.detector_width, config.semantic.detector_height)
+    key = config.semantic
     if key not in _DETECTOR_CACHE:
         try:
             found = detectors.load_detector(config.semantic)
