@@ -52,6 +52,20 @@ def held_out_views(seed: int, size: int, num_views: int = 4, span_deg: float = 3
     return to_model_range(rgb), depth, K.astype(np.float32), c2w.astype(np.float32)
 
 
+def reference_warps(views: np.ndarray, depths: np.ndarray, K: np.ndarray, c2w: np.ndarray):
+    """View 0 of each scene warped into every view by the generation loop's warp (Eq. 18-19),
+    the reference itself left as it is. views [B, V, S, S, 3] in [-1, 1]. Returns (warped in
+    [-1, 1] with black holes, masks [B, V, S, S, 1])."""
+    warped, masks = [], []
+    for b in range(views.shape[0]):
+        w = pair_warps((views[b] + 1) / 2, depths[b], K[b], c2w[b])
+        warped.append(np.where(w["masks"][0][..., None], w["images"][0] * 2 - 1, -1.0))
+        masks.append(w["masks"][0][..., None].astype(np.float32))
+    warped, masks = np.stack(warped), np.stack(masks)
+    warped[:, 0], masks[:, 0] = views[:, 0], 1.0
+    return jnp.asarray(warped, jnp.float32), jnp.asarray(masks)
+
+
 def psnr(mse: float) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
@@ -77,17 +91,6 @@ def main(argv=None) -> dict:
 
     def model_fn(x_t, condition, mask, t, context):
         return model(jnp.concatenate([x_t, condition, mask], -1), t, context)[..., :3]
-
-    def reference_warps(views, depths, K, c2w):
-        """View 0 of each scene warped into every view (the reference into itself stays as it is)."""
-        warped, masks = [], []
-        for b in range(views.shape[0]):
-            w = pair_warps((views[b] + 1) / 2, depths[b], K[b], c2w[b])
-            warped.append(np.where(w["masks"][0][..., None], w["images"][0] * 2 - 1, -1.0))
-            masks.append(w["masks"][0][..., None].astype(np.float32))
-        warped, masks = np.stack(warped), np.stack(masks)
-        warped[:, 0], masks[:, 0] = views[:, 0], 1.0
-        return jnp.asarray(warped, jnp.float32), jnp.asarray(masks)
 
     @jax.jit
     def generate(views, warped, masks, key):

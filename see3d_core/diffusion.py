@@ -330,6 +330,9 @@ class ConditionConfig:
         exp(-exp_rate * (1 - t / (T-1))); or a callable on integer t; always clipped to [0, 1].
     min_references, max_references, masks: training only (how many of the N views of a sample
         are clean references, drawn per sample, at most N - 1; the random hole masks).
+    posed_fraction: training only, with "time_dependent": the share of samples whose targets
+        take the references' warps (posed data, as "posed_warp") instead of random masks: the
+        paper's mixtures of posed 3D data into MV-UnposeT (Table 6: 10/20/60%).
     """
 
     variant: ConditionVariant = "time_dependent"
@@ -342,8 +345,16 @@ class ConditionConfig:
     min_references: int = 1
     max_references: int = 3
     masks: MaskConfig = MaskConfig()
+    posed_fraction: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.masks, dict):  # read from a config file
+            object.__setattr__(self, "masks", MaskConfig(**self.masks))
+        if not 0.0 <= self.posed_fraction <= 1.0:
+            raise ValueError(f"ConditionConfig.posed_fraction: expected a share in [0, 1], got {self.posed_fraction}")
+        if self.posed_fraction > 0 and self.variant != "time_dependent":
+            raise ValueError(f"ConditionConfig.posed_fraction mixes posed warps into 'time_dependent' training; "
+                             f"variant is {self.variant!r}")
         if self.variant not in CONDITION_VARIANTS:
             raise ValueError(f"ConditionConfig.variant: expected one of {CONDITION_VARIANTS}, got {self.variant!r}")
         if not callable(self.timestep_map) and self.timestep_map not in ("released", "linear", "sqrt"):
@@ -362,6 +373,11 @@ class ConditionConfig:
 
 
 RELEASED_CONDITION = ConditionConfig()
+
+
+def needs_pair_warps(config: ConditionConfig) -> bool:
+    """Whether training with `config` reads posed clips' pair warps."""
+    return config.variant == "posed_warp" or config.posed_fraction > 0
 
 
 def condition_timestep(t, config: ConditionConfig = RELEASED_CONDITION) -> np.ndarray:

@@ -47,6 +47,7 @@ from see3d_core.diffusion import (  # the configs are defined once, in see3d_cor
     ConditionConfig,
     ConditionVariant,
     MaskConfig,
+    needs_pair_warps,
 )
 from see3d_jax.schedules import NoiseSchedule, add_noise
 
@@ -322,7 +323,7 @@ def build_training_batch(
         raise ValueError(f"build_training_batch: need at least 2 views per clip (a reference and a target), got {N}")
     max_refs = min(config.max_references, N - 1)
     min_refs = min(config.min_references, max_refs)
-    if config.variant == "posed_warp" and pair_warps is None:
+    if needs_pair_warps(config) and pair_warps is None:
         raise ValueError("build_training_batch: variant 'posed_warp' needs pair_warps (every view warped into every other: "
                          "`see3d pair-warps DATA --size S` writes them beside the clips, the data pipeline reads them)")
     k_draws, k_masks, k_noise = jax.random.split(key, 3)
@@ -348,6 +349,12 @@ def build_training_batch(
     else:
         pixel_masks = random_masks(k_masks, B * N, H, W, config.masks).reshape(B, N, H, W, 1)
         warped = views
+        if config.posed_fraction > 0:  # a share of the samples takes the references' warps (posed data)
+            posed = jax.random.uniform(jax.random.fold_in(k_masks, 1), (B,)) < config.posed_fraction
+            posed = posed[:, None, None, None, None]
+            posed_warped, posed_masks = merge_pair_warps(pair_warps, is_reference)
+            warped = jnp.where(posed, posed_warped, warped)
+            pixel_masks = jnp.where(posed, posed_masks, pixel_masks)
     pixel_masks = jnp.where(is_reference[:, :, None, None, None], 1.0, pixel_masks)
     filled = fill_holes(warped, pixel_masks)
 

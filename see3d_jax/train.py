@@ -15,7 +15,8 @@ old state's buffers donated):
 3. clip the global gradient norm, AdamW with linear warmup and cosine decay, update the EMA.
 
 Runs resume from the latest orbax checkpoint in `WORKDIR/checkpoints` (model, optimizer,
-EMA, step and data iterator); SIGTERM (preemption) saves a checkpoint and exits cleanly.
+EMA, step and data iterator); SIGTERM (preemption) saves a checkpoint and exits cleanly (with
+several processes, at the next `log_every` step, where they agree on it).
 Logs go to `WORKDIR/log.jsonl` and TensorBoard (`WORKDIR/tensorboard`); at the end the EMA
 weights are exported to `WORKDIR/ema/` (`see3d_jax.unet.load_weights` reads them).
 
@@ -51,6 +52,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from see3d_core.diffusion import needs_pair_warps
 from see3d_jax import condition as cond
 from see3d_jax import schedules
 from see3d_jax.attention import resolve_implementation
@@ -62,14 +64,6 @@ from see3d_jax.vae import LatentEncoder
 # pixels [B, K, H, W, 3] -> scaled latents [B, K, h, w, C]: a `see3d_jax.vae.LatentEncoder`
 # (its parameters become an argument of the jitted step) or a parameter-free function
 EncodeFn = Callable[[jax.Array], jax.Array] | LatentEncoder
-
-
-def condition_config(config: TrainConfig) -> cond.ConditionConfig:
-    c = config.condition
-    return cond.ConditionConfig(
-        variant=c.variant, min_references=c.min_references, max_references=c.max_references,
-        masks=cond.MaskConfig(min_coverage=c.min_coverage, max_coverage=c.max_coverage),
-    )
 
 
 def make_optimizer(config: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -108,7 +102,7 @@ class Trainer:
         else:  # a function without parameters (a stand-in, or pixel space when None)
             self._encode_apply, encoder_params = (None if encode_fn is None else lambda _, pixels: encode_fn(pixels)), None
         self.schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
-        self.condition_config = condition_config(config)
+        self.condition_config = config.condition
         self.tx, self.lr = make_optimizer(config)
         dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
         abstract = nnx.eval_shape(lambda: UNet(config.unet, dtype=dtype, remat=config.remat,
@@ -147,7 +141,7 @@ class Trainer:
         # Batches are dicts sharded by sample: "views" [B, N, H, W, 3], and for posed training the
         # pair warps (the generation loop's warp, `see3d_jax.data`): "pair_images" [B, N, N, H, W, 3],
         # "pair_masks" and "pair_depths" [B, N, N, H, W].
-        self.posed = config.condition.variant == "posed_warp"
+        self.posed = needs_pair_warps(config.condition)
         batch_ndims = {"views": 5, "pair_images": 6, "pair_masks": 5, "pair_depths": 5} if self.posed else {"views": 5}
         if config.cache_latents:  # "latents" [B, N, h, w, C] from see3d_jax.data.cache_latents
             batch_ndims["latents"] = 5
@@ -489,11 +483,11 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
                     bar.set_postfix(loss=f"{last_loss:.4f}")
             if bar is not None:
                 bar.update(1)
-            stop_now = stop["signal"]
-            if process_count > 1:
+            stop_now = stop["signal"] if process_count == 1 else False
+            if process_count > 1 and step % config.log_every == 0:  # processes agree at a host sync: not every step
                 from jax.experimental import multihost_utils
 
-                stop_now = bool(multihost_utils.process_allgather(np.array(stop_now)).any())
+                stop_now = bool(multihost_utils.process_allgather(np.array(stop["signal"])).any())
             if stop_now or ckpt.reached_preemption(step):
                 ckpt.save(step, state, data_state)
                 ckpt.wait()

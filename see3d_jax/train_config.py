@@ -13,26 +13,16 @@ import json
 from typing import Any, Sequence
 
 from see3d_core import unet_config
+from see3d_core.diffusion import ConditionConfig
 from see3d_core.unet_config import UNetConfig
 from see3d_jax.attention import check_implementation
 from see3d_jax.sharding import DEFAULT_RULES, LogicalRules
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionOptions:
-    """The visual-condition knobs exposed to training (see `see3d_jax.condition.ConditionConfig`)."""
-
-    variant: str = "time_dependent"
-    min_references: int = 1
-    max_references: int = 3
-    min_coverage: float = 0.15
-    max_coverage: float = 0.75
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     unet: UNetConfig = dataclasses.field(default_factory=unet_config.small)
-    condition: ConditionOptions = dataclasses.field(default_factory=ConditionOptions)
+    condition: ConditionConfig = dataclasses.field(default_factory=ConditionConfig)  # `condition.masks.<field>` for the masks
     # data
     num_views: int = 4  # frames drawn at random from each clip (references + targets)
     batch_size: int = 8  # global samples (clips) per optimizer step
@@ -112,7 +102,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["unet"] = UNetConfig.from_dict(d.get("unet", {}), source="train config 'unet'")
-        d["condition"] = ConditionOptions(**d.get("condition", {}))
+        d["condition"] = ConditionConfig(**d.get("condition", {}))
         if "sharding_rules" in d:
             d["sharding_rules"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in d["sharding_rules"])
         return cls(**d)
@@ -172,6 +162,13 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
             group, name = key.split(".", 1)
             if group not in nested:
                 raise ValueError(f"override {item!r}: unknown group {group!r} (use unet.<field> or condition.<field>)")
+            if group == "condition" and name.startswith("masks."):  # condition.masks.<field>
+                field = name.split(".", 1)[1]
+                masks = nested["condition"].get("masks", config.condition.masks)
+                if field not in {f.name for f in dataclasses.fields(masks)}:
+                    raise ValueError(f"override {item!r}: condition.masks has no field {field!r}")
+                nested["condition"]["masks"] = dataclasses.replace(masks, **{field: value})
+                continue
             known = {f.name for f in dataclasses.fields(type(getattr(config, group)))}
             if name not in known:
                 raise ValueError(f"override {item!r}: {group} has no field {name!r} (known: {sorted(known)})")

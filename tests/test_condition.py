@@ -255,3 +255,25 @@ def test_posed_warp_batches_shuffle_both_axes_of_the_pair_warps():
             assert np.asarray(batch.mask[0, j, 1]).all()
     with pytest.raises(ValueError, match="pair-warps"):
         jc.build_training_batch(jax.random.key(1), views, SCHEDULE, config)
+
+
+def test_posed_fraction_mixes_warped_samples_into_time_dependent_training():
+    """Table 6's mixtures: with posed_fraction p, about p of the samples take the references'
+    warps (their mask is the pair-warp mask), the rest random masks."""
+    B, N, H, W = 64, 3, 8, 8
+    pattern = np.ones((B, N, N, H, W), np.float32)
+    pattern[..., 0, 0] = 0  # every warp misses pixel (0, 0) and nothing else
+    pairs = jc.PairWarps(jnp.zeros((B, N, N, H, W, 3)), jnp.asarray(pattern), jnp.ones((B, N, N, H, W)))
+    views = jnp.zeros((B, N, H, W, 3))
+    for fraction in (0.0, 0.25, 1.0):
+        config = jc.ConditionConfig(posed_fraction=fraction, min_references=1, max_references=1,
+                                    masks=jc.MaskConfig(min_coverage=0.3, max_coverage=0.3))
+        batch = jc.build_training_batch(jax.random.key(0), views, SCHEDULE, config, pair_warps=pairs)
+        target_masks = np.asarray(batch.mask)[:, 1:, ..., 0]  # one reference: views 1, 2 are targets
+        warped = (target_masks.reshape(B, -1).sum(-1) == 2 * (H * W - 1))  # the warp's mask on both targets
+        share = warped.mean()
+        assert abs(share - fraction) <= 3 * np.sqrt(max(fraction * (1 - fraction), 1e-9) / B) + 1e-9, (fraction, share)
+    with pytest.raises(ValueError, match="posed_fraction"):
+        jc.ConditionConfig(variant="masked", posed_fraction=0.2)
+    with pytest.raises(ValueError, match="pair-warps"):
+        jc.build_training_batch(jax.random.key(0), views, SCHEDULE, jc.ConditionConfig(posed_fraction=0.5))
