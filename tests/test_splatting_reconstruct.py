@@ -200,8 +200,8 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
 
 
 def test_time_limited_run_finishes_its_schedule(world):
-    """A run the time limit ends lays its schedule over the time: the learning-rate decay runs to
-    its end and densification stops at `refine_stop` of the schedule, though far fewer steps are done."""
+    """A run the time limit ends lays its learning-rate decay over the time: the decay runs to its
+    end though far fewer steps are done; densification keeps counting steps done."""
     scene, cameras, images, depths = world
     steps = 100_000
     result = reconstruct(images, cameras, depths, steps=steps, time_limit_s=6.0, init_points=2_000, progress=False,
@@ -214,8 +214,5 @@ def test_time_limited_run_finishes_its_schedule(world):
     # the last step starts at most one step's time before the limit; a step takes well under a
     # second here, so the schedule is past 70% (measured: 97%)
     assert positions[-1] > 0.7 * steps
-    # refinements every 5 steps done, none once the schedule passed refine_stop
     refined_at = [d["step"] for d in result.densification]
-    assert refined_at and all(s % 5 == 0 and positions[s] < 50_000 for s in refined_at)
-    last = max(s for s in range(done) if positions[s] < 50_000)
-    assert refined_at[-1] > last - 5 and last < done - 5
+    assert refined_at == list(range(10, done, 5))  # every 5 steps done, after the start
