@@ -374,3 +374,17 @@ def test_real_videos_are_decided_as_the_released_pipeline_decides_them(tmp_path)
     assert water["scores"]["semantic"]["total"] <= 10  # the semantic step ran and let it through
     assert (person["status"], person["reason"]) == ("rejected", "semantic_dynamic"), person["scores"]
     assert person["scores"]["semantic"]["detector"] == person["steps"]["semantic"]["detector"]
+
+
+def test_smooth_non_rigid_patch_is_caught_by_the_summed_epipolar_residuals():
+    """A wavy patch drifting 1.5 px per frame along the camera's epipolar lines: no adjacent pair
+    and no chained window sees it; the pairs' epipolar distances summed along each path do."""
+    video = videos.make_video("drifting_patch_along", 1, num_frames=40, width=240, height=180)
+    downsampled = io.DownsampledVideo(video.frames[::2], np.arange(0, 40, 2), 7.5, 15.0, (240, 180))
+    decision = pipeline.decide(downsampled, CurationConfig(), seed=0)
+    motion = decision.scores["motion"]
+    assert decision.status == "rejected", motion
+    assert motion["dynamic_frame_share"] == 0 and max(motion["window_largest_regions"]) < 0.01
+    assert max(motion["window_residual_regions"]) >= 0.01
+    without = pipeline.decide(downsampled, CurationConfig().with_options(window_residual_noise_multiple=0.0), seed=0)
+    assert without.status == "accepted", without.scores["motion"]
