@@ -88,6 +88,10 @@ def test_config_file_and_options(tmp_path):
         CurationConfig().with_options(no_such_option=1)
     with pytest.raises(ValueError, match="window_stride"):
         CurationConfig().with_options(window_stride=0)
+    with pytest.raises(ValueError, match="fallback_detector"):
+        CurationConfig().with_options(fallback_detector="yolo")
+    with pytest.raises(ValueError, match="window_residual_noise_multiple"):
+        CurationConfig().with_options(window_residual_noise_multiple=-1.0)
 
 
 def test_maskrcnn_missing_falls_back_to_the_face_cascade_or_is_reported_not_passed():

@@ -52,6 +52,12 @@ class SemanticConfig:
     dynamic_classes: tuple[str, ...] = ("person",)
     max_detections: int = 10  # rejected when the total count over the frames is larger
 
+    def __post_init__(self):
+        if self.detector not in ("maskrcnn", "face_cascade", "none"):
+            raise ValueError(f"semantic.detector must be 'maskrcnn', 'face_cascade' or 'none', got {self.detector!r}")
+        if self.fallback_detector not in ("face_cascade", "none"):
+            raise ValueError(f"semantic.fallback_detector must be 'face_cascade' or 'none', got {self.fallback_detector!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class MotionConfig:
@@ -111,7 +117,8 @@ class MotionConfig:
     occlusion_margin_px: float = 10.0
 
     def __post_init__(self):
-        for name, least in (("window_frames", 0), ("window_stride", 1), ("window_min_run", 1), ("window_correspondences", 8)):
+        for name, least in (("window_frames", 0), ("window_stride", 1), ("window_min_run", 1), ("window_correspondences", 8),
+                            ("window_residual_noise_multiple", 0), ("window_residual_min_px", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"motion.{name} must be >= {least}, got {getattr(self, name)}")
 

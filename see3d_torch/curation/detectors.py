@@ -126,15 +126,11 @@ def load_detector(config: SemanticConfig) -> Detector | None:
         return None
     if config.detector == "face_cascade":
         return FaceCascadeDetector()
-    if config.detector != "maskrcnn":
-        raise ValueError(f"semantic.detector must be 'maskrcnn', 'face_cascade' or 'none', got {config.detector!r}")
-    try:
+    try:  # SemanticConfig checked the names
         return MaskRCNNDetector(config.detector_weights, (config.detector_width, config.detector_height))
     except DetectorUnavailable as e:
         if config.fallback_detector == "none":
             raise
-        if config.fallback_detector != "face_cascade":
-            raise ValueError(f"semantic.fallback_detector must be 'face_cascade' or 'none', got {config.fallback_detector!r}") from None
         return FaceCascadeDetector(replaces=f"maskrcnn: {e}")
 
 
