@@ -1,0 +1,63 @@
+"""benchmarks/table3.py: the variants, the resumable loop and the report (training and the
+held-out evaluation are replaced by stand-ins here; the real run is in benchmarks/RESULTS.md)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def table3(monkeypatch):
+    spec = importlib.util.spec_from_file_location("table3", ROOT / "benchmarks" / "table3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = {"train": [], "eval": []}
+
+    def fake_train(name, data, root, steps, overrides):
+        calls["train"].append((name, steps))
+        (root / name / "ema").mkdir(parents=True, exist_ok=True)
+        (root / name / "ema" / "weights").write_text(f"{name}-{steps}")
+        return root / name / "ema"
+
+    def fake_eval(weights, scenes, sample_steps, **kw):
+        calls["eval"].append(weights.name)
+        score = {"masked": 14.0, "time_dependent": 20.0, "posed_warp": 20.5, "mix20": 20.4}[weights.parent.name]
+        metric = lambda v: {"mean": v, "ci95": 0.1, "n": scenes}  # noqa: E731
+        return {"psnr": metric(score), "ssim": metric(0.5), "lpips": metric(0.2), "hole_psnr": metric(score - 2),
+                "warp_psnr": metric(12.0)}
+
+    monkeypatch.setattr(module, "write_data", lambda root, *a: root / "data")
+    monkeypatch.setattr(module, "train_variant", fake_train)
+    monkeypatch.setattr(module, "evaluate", fake_eval)
+    return module, calls
+
+
+def test_every_variant_trains_in_segments_then_the_report_is_written(table3, tmp_path):
+    module, calls = table3
+    argv = ["--out", str(tmp_path), "--steps", "9", "--segments", "3", "--devices", "1"]
+    results = module.main(argv)
+    assert calls["train"] == [(n, s) for n in module.VARIANTS for s in (3, 6, 9)]  # same budget, same segments
+    assert set(results) == set(module.VARIANTS) and all(len(v) == 3 for v in results.values())
+    report = (tmp_path / "table3.md").read_text()
+    assert "| masked | 16.14 | 14.00 ± 0.10" in report and "warp only" in report
+    assert (tmp_path / "table3.json").is_file()
+    assert (tmp_path / "masked" / "ema_000006" / "weights").read_text() == "masked-6"  # each segment's EMA kept
+    calls["train"].clear()
+    module.main(argv)  # resumable: finished segments are not trained again
+    assert calls["train"] == []
+    stored = json.loads((tmp_path / "table3.json").read_text())["variants"]
+    assert [s["steps"] for s in stored["posed_warp"]] == [3, 6, 9]
+
+
+def test_bad_arguments_are_named(table3, tmp_path, capsys):
+    module, _ = table3
+    with pytest.raises(SystemExit):
+        module.main(["--out", str(tmp_path), "--variants", "posed,masked"])
+    assert "posed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        module.main(["--out", str(tmp_path), "--steps", "2", "--segments", "3"])
+    assert "--segments" in capsys.readouterr().err
