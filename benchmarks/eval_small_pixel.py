@@ -66,6 +66,27 @@ def reference_warps(views: np.ndarray, depths: np.ndarray, K: np.ndarray, c2w: n
     return jnp.asarray(warped, jnp.float32), jnp.asarray(masks)
 
 
+def make_generator(model, sample_steps: int, guidance: float = 0.0):
+    """A jitted `generate(views, warped, masks, key)` -> samples [B, V, S, S, 3]: view 0 is the
+    reference, the others are generated from [reference; warps + masks] (Eq. 20) by DDIM."""
+    cfg = model.config
+    schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
+    ddim = sampling.DDIMConfig(num_inference_steps=sample_steps, prediction_type=cfg.prediction_type, guidance_scale=guidance)
+
+    def model_fn(x_t, condition, mask, t, context):
+        return model(jnp.concatenate([x_t, condition, mask], -1), t, context)[..., :3]
+
+    @jax.jit
+    def generate(views, warped, masks, key):
+        b, v = views.shape[:2]
+        is_ref = jnp.zeros((b, v), bool).at[:, 0].set(True)
+        noise = sampling.SamplerNoise.draw(key, sample_steps, views.shape)
+        context = jnp.zeros((b, cfg.context_tokens, cfg.context_dim))
+        return sampling.sample(model_fn, schedule, warped, masks, is_ref, noise, context, ddim, ConditionConfig())
+
+    return generate
+
+
 def psnr(mse: float) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
@@ -86,20 +107,10 @@ def main(argv=None) -> dict:
     if not cfg.pixel_space:
         raise SystemExit(f"--weights {args.weights}: this evaluation is for pixel-space models")
     size = cfg.sample_size
-    schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
-    ddim = sampling.DDIMConfig(num_inference_steps=args.steps, prediction_type=cfg.prediction_type, guidance_scale=args.guidance)
+    sample = make_generator(model, args.steps, args.guidance)
 
-    def model_fn(x_t, condition, mask, t, context):
-        return model(jnp.concatenate([x_t, condition, mask], -1), t, context)[..., :3]
-
-    @jax.jit
     def generate(views, warped, masks, key):
-        b, v = views.shape[:2]
-        is_ref = jnp.zeros((b, v), bool).at[:, 0].set(True)
-        noise = sampling.SamplerNoise.draw(key, args.steps, views.shape)
-        context = jnp.zeros((b, cfg.context_tokens, cfg.context_dim))
-        out = sampling.sample(model_fn, schedule, warped, masks, is_ref, noise, context, ddim, ConditionConfig())
-        return out, warped, masks
+        return sample(views, warped, masks, key), warped, masks
 
     if args.samples < 1:
         raise SystemExit(f"--samples must be >= 1, got {args.samples}")

@@ -76,29 +76,15 @@ def evaluate(weights: Path, scenes: int, sample_steps: int, seed: int = 900_000,
     import jax.numpy as jnp
     import torch
 
-    from see3d_jax import sampling, schedules
-    from see3d_jax.condition import ConditionConfig
     from see3d_jax.unet import load_weights
     from see3d_torch import metrics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from eval_small_pixel import held_out_views, reference_warps
+    from eval_small_pixel import held_out_views, make_generator, reference_warps
 
     model = load_weights(str(weights))
     cfg = model.config
-    schedule = schedules.make_noise_schedule(schedules.ScheduleConfig.see3d())
-    ddim = sampling.DDIMConfig(num_inference_steps=sample_steps, prediction_type=cfg.prediction_type, guidance_scale=0.0)
-
-    def model_fn(x_t, condition, mask, t, context):
-        return model(jnp.concatenate([x_t, condition, mask], -1), t, context)[..., :3]
-
-    @jax.jit
-    def generate(views, warped, masks, key):
-        b, v = views.shape[:2]
-        is_ref = jnp.zeros((b, v), bool).at[:, 0].set(True)
-        noise = sampling.SamplerNoise.draw(key, sample_steps, views.shape)
-        context = jnp.zeros((b, cfg.context_tokens, cfg.context_dim))
-        return sampling.sample(model_fn, schedule, warped, masks, is_ref, noise, context, ddim, ConditionConfig())
+    generate = make_generator(model, sample_steps)
 
     per_scene = {k: [] for k in ("psnr", "ssim", "lpips", "hole_psnr", "warp_psnr")}
     seeds = list(range(seed, seed + scenes))
