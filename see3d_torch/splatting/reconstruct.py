@@ -51,12 +51,8 @@ from see3d_torch.splatting.rendering import rasterization
 @dataclasses.dataclass
 class ReconstructionConfig:
     steps: int = 1_000
-    # stop after the whole step that exceeds it. The learning-rate decay and the SH degree follow
-    # the larger of steps done / steps and time spent / the time left for training, so that a
-    # run the time limit ends still finishes its decay. Densification counts steps done: ending
-    # it at a share of the time starved slow runs of refinements (issue 19: no refinement at all
-    # in 280 steps of a 300 s run on a loaded machine), refining at a share of the time
-    # multiplied the Gaussians every few steps
+    # stop early (after a whole step) when exceeded. The schedule counts steps: laying the lr
+    # decay and densification over the time did worse on a real capture (issue 19, RESULTS)
     time_limit_s: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -456,6 +452,8 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         "opacity_logits": config.opacities_lr, "sh0": config.sh0_lr, "shN": config.shN_lr,
     }
     optimizers = {name: torch.optim.Adam([params[name]], lr=learning_rates[name], eps=1e-15) for name in PARAMETER_NAMES}
+    means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
+    camera_decay = config.camera_lr_final_factor ** (1.0 / config.steps)
     strategy = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
 
     c2w_all, Ks_all = _camera_tensors(cameras, device)
@@ -495,30 +493,13 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         result["seconds"] = time.perf_counter() - start_time
         evaluations.append(result)
 
-    train_start = time.perf_counter()
-    training_time = None if config.time_limit_s is None else max(config.time_limit_s - (train_start - start_time), 1e-3)
-
-    def schedule_position(step: int) -> int:
-        """The step's place in the step schedule: ahead of `step` when time runs out first."""
-        if training_time is None:
-            return step
-        by_time = int(config.steps * (time.perf_counter() - train_start) / training_time)
-        return max(step, min(by_time, config.steps - 1))
-
     step = 0
     for step in range(config.steps):
-        position = schedule_position(step)
-        progress_fraction = position / config.steps
-        for group in optimizers["means"].param_groups:
-            group["lr"] = learning_rates["means"] * config.means_lr_final_factor ** progress_fraction
-        for group, base in zip(camera_optimizer.param_groups if camera_optimizer is not None else (),
-                               (config.camera_rotation_lr, config.camera_translation_lr * scale)):
-            group["lr"] = base * config.camera_lr_final_factor ** progress_fraction
         if not order:
             order = list(generator.permutation(len(train_views)))
         slot = order.pop()
         view = train_views[slot]
-        sh_degree = min(position // config.sh_degree_interval, config.sh_degree)
+        sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
         slot_t = torch.tensor([slot], device=device)
         c2w = c2w_all[view : view + 1]
         if camera_refinement is not None:
@@ -546,7 +527,11 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         for optimizer in [*optimizers.values(), *extra_optimizers]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step, "schedule_step": position, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
+        for group in optimizers["means"].param_groups:
+            group["lr"] *= means_decay
+        for group in camera_optimizer.param_groups if camera_optimizer is not None else ():
+            group["lr"] *= camera_decay
+        history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
                         "seconds": time.perf_counter() - start_time})
         if progress is not None:
             progress.update(1)
