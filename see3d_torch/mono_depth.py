@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from see3d_core.weights import DEPTH_ANYTHING_REPO, is_repo_id, resolve_weights
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -49,15 +51,18 @@ def _image_chw(image) -> torch.Tensor:
 
 
 class DepthAnything:
-    """Depth Anything through transformers, loaded from a local folder only."""
+    """Depth Anything through transformers, from a local folder or a Hugging Face repository id
+    (`see3d_core.weights.resolve_weights`: the cache, downloaded on first use unless offline)."""
 
-    def __init__(self, model_dir, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, input_size: int = 518):
+    def __init__(self, model_dir=DEPTH_ANYTHING_REPO, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 input_size: int = 518, offline: bool | None = None):
+        if is_repo_id(str(model_dir)):
+            model_dir = resolve_weights(model_dir, offline=offline, marker="config.json", argument="depth-model")
         folder = Path(model_dir)
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"Depth Anything weights folder {str(folder)!r} does not exist; expected a transformers "
-                f"checkpoint folder with config.json and {WEIGHT_FILES[0]} (e.g. `huggingface-cli download "
-                f"depth-anything/Depth-Anything-V2-Small-hf --local-dir {folder}` on a machine with internet)"
+                f"checkpoint folder with config.json and {WEIGHT_FILES[0]}, or a repository id such as {DEPTH_ANYTHING_REPO}"
             )
         if not (folder / "config.json").is_file() or not any((folder / f).is_file() for f in WEIGHT_FILES):
             raise FileNotFoundError(f"{str(folder)!r} is not a transformers checkpoint folder: expected config.json and one of {WEIGHT_FILES}")

@@ -281,3 +281,25 @@ def test_released_command_writes_base_and_sr_views(release_root, tmp_path, capsy
         assert Image.open(out / ("SR_" + name)).size == (32, 32)
     assert cli.main(["released", str(refs), str(tmp_path / "nowhere"), "--weights", str(release_root), "--out", str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_depth_anything_resolves_by_repository_id(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    from see3d_torch.mono_depth import DepthAnything
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=14,
+                            image_size=518, out_features=["stage1"], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16],
+                                 reassemble_factors=[1], fusion_hidden_size=16, head_hidden_size=8)
+    cache = tmp_path / "hub"
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = cache / "models--depth-anything--Depth-Anything-V2-Small-hf"
+    DepthAnythingForDepthEstimation(config).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    estimator = DepthAnything()  # the default repository id, from the (fake) cache: HF_HUB_OFFLINE=1 in the suite
+    assert estimator.model is not None
