@@ -4,14 +4,14 @@
     .venv/bin/python benchmarks/bench_train.py --config small
     # on a GPU / TPU (pip install -e ".[jax,jax-cuda]"):
     python benchmarks/bench_train.py --config sd21 --resolution 256 --views 4 --batch 8 \
-        --dtype bfloat16 --peak-tflops 989      # H100 SXM bf16 dense peak
+        --dtype bfloat16 --attention cudnn --peak-tflops 989      # H100 SXM bf16 dense peak
 
 Times `Trainer.step` (visual condition + UNet forward/backward + AdamW + EMA) on random views
 already on device. Model FLOPs are analytic (`Trainer.flops_per_step`: 3x the forward),
 MFU = model FLOPs / step time / (peak x devices); HFU the same with `Trainer.hardware_flops_per_step`
 (remat and flash-attention recompute, VAE; README). Latent configs use a stand-in encoder (8x8
 average pooling to the latent channels) so the number measures the UNet step alone, without
-the VAE.
+the VAE. On GPUs and TPUs the peak device memory of device 0 is reported too.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=None, help="global batch (samples)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--remat", default=None)
+    parser.add_argument("--attention", default=None, help="attention_implementation: auto, xla, blockwise, cudnn, pallas")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after one compile step)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s per device, for MFU")
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides")
@@ -52,7 +53,8 @@ def main(argv=None) -> dict:
     from see3d_jax.train_config import preset
 
     overrides = list(args.overrides)
-    for key, value in (("num_views", args.views), ("batch_size", args.batch), ("compute_dtype", args.dtype), ("remat", args.remat)):
+    for key, value in (("num_views", args.views), ("batch_size", args.batch), ("compute_dtype", args.dtype), ("remat", args.remat),
+                       ("attention_implementation", args.attention)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
     cfg = preset(args.config, overrides)
@@ -85,6 +87,9 @@ def main(argv=None) -> dict:
         "train_tflop_per_step": flops / 1e12, "hardware_tflop_per_step": hardware_flops / 1e12,
         "achieved_tflop_s": flops / step / 1e12, "loss": float(metrics["loss"]), "attention": cfg.attention_implementation,
     }
+    stats = jax.devices()[0].memory_stats() or {}  # GPUs and TPUs report it; CPUs do not
+    if "peak_bytes_in_use" in stats:
+        result["peak_memory_gib_device0"] = stats["peak_bytes_in_use"] / 2**30
     if args.peak_tflops:
         result["mfu"] = flops / step / (args.peak_tflops * 1e12 * jax.device_count())
         result["hfu"] = hardware_flops / step / (args.peak_tflops * 1e12 * jax.device_count())

@@ -13,9 +13,9 @@ implementations here (`IMPLEMENTATIONS`) avoid it:
   recomputes each score block from q, k and the saved log-sum-exp, so no [Lq, Lk] array is
   ever held;
 - ``"xla"``: plain attention (`jax.nn.dot_product_attention(implementation="xla")`);
-- ``"auto"``: cuDNN on GPU for half precision, Pallas on TPU, otherwise blockwise when the
-  keys span more than one block and XLA when they fit in one (tiny models keep the one fused
-  op).
+- ``"auto"``: cuDNN on GPU for half precision; otherwise XLA when the keys fit in one block
+  (cross-attention, tiny models keep the one fused op), else Pallas on TPU and blockwise
+  elsewhere.
 
 Layout everywhere: ``[batch, tokens, heads, head_dim]`` (as `jax.nn.dot_product_attention`);
 the softmax scale is ``1 / sqrt(head_dim)``.
@@ -56,9 +56,9 @@ def resolve_implementation(implementation: str, *, backend: str, dtype, num_keys
         return implementation
     if backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
-    if backend == "tpu":
-        return "pallas"
-    return "blockwise" if num_keys > BLOCK_K else "xla"
+    if num_keys <= BLOCK_K:  # one key block (cross-attention, small models): the plain fused op
+        return "xla"
+    return "pallas" if backend == "tpu" else "blockwise"
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto") -> jax.Array:

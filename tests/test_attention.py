@@ -139,6 +139,7 @@ def test_auto_picks_per_backend_and_explicit_choices_are_checked():
     assert pick("gpu") == "cudnn"
     assert pick("gpu", dtype=jnp.float32) == "blockwise"  # cuDNN flash attention is half precision only
     assert pick("tpu") == "pallas"
+    assert pick("tpu", keys=77) == "xla"  # cross-attention to 77 context tokens: one block
     assert pick("cpu") == "blockwise"
     assert pick("cpu", keys=256) == "xla"  # one key block: the plain fused op
     assert resolve_implementation("blockwise", backend="gpu", dtype=jnp.bfloat16, num_keys=8, head_dim=64) == "blockwise"
