@@ -74,3 +74,13 @@ def test_run_fills_the_compilation_cache_and_logs_mfu_and_hfu(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     logged = [r for r in records if "mfu" in r]
     assert logged and all(0 < r["mfu"] <= r["hfu"] and np.isfinite(r["hfu"]) for r in logged)
+
+
+def test_new_options_are_validated():
+    with pytest.raises(ValueError, match="attention implementation must be one of"):
+        preset("tiny", ["attention_implementation=flash"])
+    with pytest.raises(ValueError, match="vae_dtype"):
+        preset("tiny", ["vae_dtype=float16"])
+    with pytest.raises(ValueError, match="prefetch_batches"):
+        preset("tiny", ["prefetch_batches=-1"])
+    assert preset("sd21").vae_dtype == "bfloat16" and preset("sd21").attention_implementation == "auto"
