@@ -104,6 +104,15 @@ def camera_rays(K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> tupl
     return c2w[:3, 3].copy(), d_cam @ c2w[:3, :3].T
 
 
+def camera_spread(centres) -> float:
+    """The largest distance of a camera centre ([N, 3], or cameras with `.center`) from their
+    mean: the length scale of a set of views (0 for one view or a pure pan)."""
+    centres = np.array([getattr(c, "center", c) for c in centres], dtype=np.float64).reshape(-1, 3)
+    if len(centres) < 2:
+        return 0.0
+    return float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = WORLD_UP) -> np.ndarray:
     """c2w of a camera at `eye` looking at `target`, image y axis along -up."""
     eye = np.asarray(eye, dtype=np.float64)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from see3d_core.cameras import Camera, rotation_angle_deg
+from see3d_core.cameras import Camera, camera_spread, rotation_angle_deg
 
 
 def camera_distance(a: Camera, b: Camera, scene_scale: float, degrees_per_scale: float = 30.0) -> float:
@@ -58,6 +58,5 @@ def choose_anchors(known: Sequence[Camera], targets: Sequence[Camera], count: in
 def scene_scale_of(cameras: Sequence[Camera], fallback: float = 1.0) -> float:
     """A length for `camera_distance`: the spread of the camera centres (or `fallback` when
     all cameras share one centre, e.g. a pan)."""
-    centres = np.array([c.center for c in cameras])
-    spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max()) if len(centres) > 1 else 0.0
+    spread = camera_spread(cameras)
     return spread if spread > 1e-9 else fallback

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from see3d_core.cameras import Camera
+from see3d_core.cameras import Camera, camera_spread
 from see3d_torch import metrics
 from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, align_cameras, invert_rigid
 from see3d_torch.splatting.depth_registration import depth_disagreement, register_depth_maps
@@ -208,8 +208,7 @@ def _as_image_tensor(images: Sequence[np.ndarray], name: str) -> torch.Tensor:
 
 def scene_scale(cameras: Sequence[Camera]) -> float:
     """1.1 x the largest distance of a camera centre from their mean (as gsplat), at least 1."""
-    centres = np.stack([c.center for c in cameras])
-    return float(max(1.1 * np.linalg.norm(centres - centres.mean(0), axis=1).max(), 1.0))
+    return max(1.1 * camera_spread(cameras), 1.0)
 
 
 def _camera_tensors(cameras: Sequence[Camera], device) -> tuple[torch.Tensor, torch.Tensor]:
