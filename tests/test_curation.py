@@ -387,8 +387,9 @@ def test_smooth_non_rigid_patch_is_caught_by_the_summed_epipolar_residuals():
     downsampled = io.DownsampledVideo(video.frames[::2], np.arange(0, 40, 2), 7.5, 15.0, (240, 180))
     decision = pipeline.decide(downsampled, CurationConfig(), seed=0)
     motion = decision.scores["motion"]
-    assert decision.status == "rejected", motion
+    assert (decision.status, decision.reason) == ("rejected", "non_rigid_motion"), motion
     assert motion["dynamic_frame_share"] == 0 and max(motion["window_largest_regions"]) < 0.01
+    assert motion["oscillating_window_share"] == 1.0  # off the epipolar lines pair after pair, never at a window's end
     assert max(motion["window_residual_regions"]) >= 0.01
     without = pipeline.decide(downsampled, CurationConfig().with_options(window_residual_noise_multiple=0.0), seed=0)
     assert without.status == "accepted", without.scores["motion"]

@@ -110,6 +110,11 @@ class MotionConfig:
     # 0 turns the test off.
     window_residual_noise_multiple: float = 8.0
     window_residual_min_px: float = 1.0
+    # reason: "non_rigid_motion" when at least this share of the dynamic windows are off the epipolar
+    # lines in every pair but not at their end (back-and-forth motion). Measured at 320x240: drifting
+    # patches along the epipolar lines without adjacent-pair regions 0.89-1.0, rejected rigid movers
+    # 0-0.08, waving walls and drifting patches across the lines 0 (they accumulate).
+    oscillating_window_share: float = 0.5
     window_min_region: float = 0.01  # a window is dynamic when its largest dynamic region covers this share
     window_min_run: int = 2  # ... and so are its neighbours in a run this long (flow errors are sporadic, movers persist)
     # chained flow is trusted only this far (pixels at a flow long side of 768) from forward-backward
@@ -118,7 +123,7 @@ class MotionConfig:
 
     def __post_init__(self):
         for name, least in (("window_frames", 0), ("window_stride", 1), ("window_min_run", 1), ("window_correspondences", 8),
-                            ("window_residual_noise_multiple", 0), ("window_residual_min_px", 0)):
+                            ("window_residual_noise_multiple", 0), ("window_residual_min_px", 0), ("oscillating_window_share", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"motion.{name} must be >= {least}, got {getattr(self, name)}")
 

@@ -267,9 +267,13 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
         return run.decision()
     dynamic_pairs = np.array(fractions) > mo.dynamic_pixel_fraction
     dynamic_share = float(dynamic_pairs.mean())
-    window_evidence = (np.array(window_regions) >= mo.window_min_region) | (np.array(residual_regions) >= mo.window_min_region)
-    dynamic_windows = _in_long_runs(window_evidence, mo.window_min_run)
+    off_after_window = np.array(window_regions) >= mo.window_min_region  # chained flow ends off its epipolar line
+    persistently_off = np.array(residual_regions) >= mo.window_min_region  # off in every pair along the way
+    dynamic_windows = _in_long_runs(off_after_window | persistently_off, mo.window_min_run)
     window_share = float(dynamic_windows.mean()) if len(dynamic_windows) else 0.0
+    # off the epipolar lines pair after pair but not at the window's end: the motion went back and forth
+    oscillating = persistently_off & ~off_after_window
+    oscillating_share = float(oscillating[dynamic_windows].mean()) if dynamic_windows.any() else 0.0
     # Clips drop every frame a dynamic pair or window touches (frames past the flow range were not
     # checked). The video-level share counts a window from its last frame up to the next window's last
     # frame only: the motion it sees has happened by then, and a mover that starts late must not claim
@@ -288,15 +292,19 @@ def decide(video: DownsampledVideo, config: CurationConfig = CurationConfig(), d
     motion_scores["rigid_fit_ratio"] = round(rigid_inliers / rigid_pixels, 4) if rigid_pixels else None
     motion_scores.update({"window_frames": mo.window_frames, "window_starts": window_starts,
                           "window_largest_regions": _round(window_regions), "window_residual_regions": _round(residual_regions),
-                          "dynamic_window_share": round(window_share, 4)})
+                          "dynamic_window_share": round(window_share, 4), "oscillating_window_share": round(oscillating_share, 4)})
     run.ran("motion", **notes)
     # the SPEC rule on adjacent pairs, or frames flagged by pairs or windows (windows catch objects that
     # move along the epipolar lines of adjacent frames)
     if max(dynamic_share, flagged_share) >= mo.dynamic_frame_ratio:
-        # the affine fit of adjacent pairs' regions tells rigid movers from deforming content; chained
-        # flow does not (waving walls fit as well as movers). Without adjacent regions to fit, motion
-        # that only windows saw is typically an object sliding along the epipolar lines.
-        if rigid_pixels:
+        # Content that leaves its epipolar line and comes back within a window (ripples, waves, haze)
+        # deforms: a rigid body moving through the scene accumulates its offset. Otherwise the affine
+        # fit of adjacent pairs' regions tells rigid movers from deforming content; chained flow does not
+        # (waving walls fit as well as movers). Without adjacent regions to fit, motion that only windows
+        # saw is typically an object sliding along the epipolar lines.
+        if oscillating_share >= mo.oscillating_window_share:
+            rigid = False
+        elif rigid_pixels:
             rigid = rigid_inliers / rigid_pixels >= mo.rigid_inlier_ratio
         else:
             rigid = dynamic_share < mo.dynamic_frame_ratio
