@@ -197,3 +197,26 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
     trajectories.save_json(tmp_path / "five.json", cameras[:5])
     code = reconstruct_main([str(views), "--cameras", str(tmp_path / "five.json"), "--out", str(out)])
     assert code == 2 and "5 cameras for 6 images" in capsys.readouterr().err
+
+
+def test_time_limit_skips_refinements_that_could_not_settle(world):
+    """With a time limit, a refinement is skipped when fewer than refine_every / 2 steps are left
+    at the mean step time: Gaussians split just before the end would be evaluated unsettled
+    (issue 19: a split 7 steps before the end of a 300 s run cost ~0.9 dB)."""
+    from see3d_torch.splatting.reconstruct import refinement_can_settle
+
+    assert refinement_can_settle(seconds_left=100.0, seconds_per_step=1.0, refine_every=100)
+    assert not refinement_can_settle(seconds_left=7.0, seconds_per_step=1.0, refine_every=100)
+    assert not refinement_can_settle(seconds_left=49.0, seconds_per_step=1.0, refine_every=100)
+    scene, cameras, images, depths = world
+    limit, every = 5.0, 4
+    result = reconstruct(images, cameras, depths, steps=100_000, time_limit_s=limit, init_points=2_000, progress=False,
+                         lpips_weight=0.0, num_threads=1,
+                         densification=DensificationConfig(refine_start=0, refine_stop=100_000, refine_every=every))
+    refined_at = [d["step"] for d in result.densification if "pruned" in d]
+    seconds = np.array([h["seconds"] for h in result.history])
+    assert refined_at and refined_at == list(range(every, refined_at[-1] + 1, every))  # none skipped before the end
+    # the last one left refine_every / 2 steps (at the mean step time up to it, one step of slack:
+    # history times are taken just after the decision)
+    per_step = seconds[refined_at[-1]] / (refined_at[-1] + 1)
+    assert limit - seconds[refined_at[-1]] >= per_step * (every / 2 - 1)

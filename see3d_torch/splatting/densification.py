@@ -98,15 +98,18 @@ class DensificationStrategy:
         self.grad2d += norms.sum(dim=0)
         self.count += drawn.sum(dim=0).to(self.count.dtype)
 
-    def step_post_backward(self, params: dict[str, nn.Parameter], optimizers: dict, meta: dict, step: int) -> dict:
-        """Update statistics; refine and reset on schedule. Returns what it did this step."""
+    def step_post_backward(
+        self, params: dict[str, nn.Parameter], optimizers: dict, meta: dict, step: int, can_refine: bool = True
+    ) -> dict:
+        """Update statistics; refine (unless `can_refine` is false) and reset on schedule.
+        Returns what it did this step."""
         cfg = self.config
         report = {}
         if step >= cfg.refine_stop:
             return report
         num = params["means"].shape[0]
         self._accumulate(meta, num, params["means"].device)
-        if step > cfg.refine_start and step % cfg.refine_every == 0:
+        if can_refine and step > cfg.refine_start and step % cfg.refine_every == 0:
             report.update(self._refine(params, optimizers, step))
         if step > 0 and step % cfg.reset_every == 0:
             self.reset_opacities(params, optimizers)

@@ -52,7 +52,9 @@ from see3d_torch.splatting.rendering import rasterization
 class ReconstructionConfig:
     steps: int = 1_000
     # stop early (after a whole step) when exceeded. The schedule counts steps: laying the lr
-    # decay and densification over the time did worse on a real capture (issue 19, RESULTS)
+    # decay and densification over the time did worse on a real capture (issue 19, RESULTS).
+    # A refinement is skipped when the time left, at the mean step time so far, is less than
+    # refine_every / 2 steps: its new Gaussians would be evaluated before they settle
     time_limit_s: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -280,6 +282,12 @@ def register_cameras(
     return [Camera(cam.K, T, cam.width, cam.height) for cam, T in zip(cameras, refined)]
 
 
+def refinement_can_settle(seconds_left: float, seconds_per_step: float, refine_every: int) -> bool:
+    """Whether a refinement now leaves its new Gaussians refine_every / 2 steps before a time
+    limit, at the given step time (a split just before the end is evaluated unsettled)."""
+    return seconds_left >= seconds_per_step * refine_every / 2
+
+
 def _evenly_spaced(total: int, count: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.linspace(0, total, min(count, total), endpoint=False))
 
@@ -492,6 +500,7 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
         result["seconds"] = time.perf_counter() - start_time
         evaluations.append(result)
 
+    loop_start = time.perf_counter()
     step = 0
     for step in range(config.steps):
         if not order:
@@ -522,7 +531,10 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
                 loss = loss + config.depth_weight * (out[..., 3][valid] - given[valid]).abs().mean() / scale
         loss.backward()
         if strategy is not None:
-            strategy.step_post_backward(params, optimizers, meta, step)
+            now = time.perf_counter()
+            can_refine = config.time_limit_s is None or refinement_can_settle(
+                config.time_limit_s - (now - start_time), (now - loop_start) / (step + 1), config.densification.refine_every)
+            strategy.step_post_backward(params, optimizers, meta, step, can_refine)
         for optimizer in [*optimizers.values(), *extra_optimizers]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
