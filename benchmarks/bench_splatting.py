@@ -168,25 +168,31 @@ def bench_rough_depths(num_threads: int | None, seed: int, method: str) -> list[
     return results
 
 
-def bench_capture(video: str, out: str, time_limit: float) -> dict:
+def side_by_side(out: str) -> str:
+    """`out/side_by_side.png`: each held-out frame of a see3d-reconstruct output above its render."""
     import cv2
 
     from see3d_torch.splatting.capture import load_capture
+
+    held_out = json.loads(Path(out, "metrics.json").read_text())["held_out"]
+    posed = load_capture(Path(out, "colmap")).names  # the frames SfM registered, in view order
+    pairs = [np.vstack([cv2.imread(f"{out}/colmap/images/{posed[v]}"), cv2.imread(f"{out}/renders/view_{v:03d}.png")])
+             for v in held_out["views"]]
+    cv2.imwrite(f"{out}/side_by_side.png", np.hstack(pairs))
+    return f"{out}/side_by_side.png"
+
+
+def bench_capture(video: str, out: str, time_limit: float) -> dict:
     from see3d_torch.splatting.cli import main as reconstruct_main
 
     command = [video, "--out", out, "--holdout-every", "8", "--time-limit", str(time_limit), "--threads", "1"]
     start, cpu = time.perf_counter(), time.process_time()
     if reconstruct_main(command) != 0:
         raise SystemExit("see3d-reconstruct failed")
-    metrics = json.loads(open(f"{out}/metrics.json").read())
-    held_out = metrics["held_out"]
-    posed = load_capture(Path(out, "colmap")).names  # the frames SfM registered, in view order
-    pairs = [np.vstack([cv2.imread(f"{out}/colmap/images/{posed[v]}"), cv2.imread(f"{out}/renders/view_{v:03d}.png")])
-             for v in held_out["views"]]
-    cv2.imwrite(f"{out}/side_by_side.png", np.hstack(pairs))
-    return {"command": "see3d-reconstruct " + " ".join(command), "held_out": held_out, "steps": metrics["steps"],
+    metrics = json.loads(Path(out, "metrics.json").read_text())
+    return {"command": "see3d-reconstruct " + " ".join(command), "held_out": metrics["held_out"], "steps": metrics["steps"],
             "num_gaussians": metrics["num_gaussians"], "train_seconds": metrics["seconds"],
-            "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "side_by_side": f"{out}/side_by_side.png"}
+            "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "side_by_side": side_by_side(out)}
 
 
 def main() -> None:
