@@ -93,6 +93,7 @@ def test_cameras_are_rescaled_to_the_images_size(orbit, tmp_path):
     for p in (tmp_path / "ws" / "images").iterdir():  # images downscaled after SfM, as images_2/ folders are
         cv2.imwrite(str(p), cv2.resize(cv2.imread(str(p)), (80, 40), interpolation=cv2.INTER_AREA))
     capture = load_capture(tmp_path / "ws")
+    assert capture.points is not None and len(capture.points) == 2
     assert capture.images[0].shape == (40, 80, 3)
     for got, want in zip(capture.cameras, cameras):
         assert (got.width, got.height) == (80, 40)
@@ -109,6 +110,8 @@ def test_cameras_are_rescaled_to_the_images_size(orbit, tmp_path):
 def test_distorted_models_are_undistorted_or_named(orbit, tmp_path):
     _, cameras, images = orbit
     _write_workspace(tmp_path / "ws", cameras[:3], images[:3], ["SIMPLE_RADIAL"] * 3, np.zeros((2, 3)), np.zeros((2, 3)))
+    _write_workspace(tmp_path / "no_points", cameras[:3], images[:3], ["PINHOLE"] * 3, np.zeros((0, 3)), np.zeros((0, 3)))
+    assert load_capture(tmp_path / "no_points").points is None  # nothing to start from: random init
     with pytest.raises(ValueError, match=r"camera model SIMPLE_RADIAL has lens distortion; expected SIMPLE_PINHOLE or PINHOLE"):
         load_capture(tmp_path / "ws")
     capture = load_capture(tmp_path / "ws", workspace=tmp_path / "out")

@@ -117,6 +117,11 @@ def _match_images_to_model(model, image_dir: Path, max_side: int | None):
     return images, model.rescaled(sizes)
 
 
+def _usable_points(model) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The model's points, or None when too few to initialise from (random init then)."""
+    return (model.points, model.point_colors) if len(model.points) >= 2 else (None, None)
+
+
 def load_colmap_workspace(workspace: Path, image_dir: Path | None = None, max_side: int | None = None,
                           undistort_dir: Path | None = None) -> Capture:
     """A COLMAP workspace's registered images, cameras and points (see the module docstring)."""
@@ -134,7 +139,7 @@ def load_colmap_workspace(workspace: Path, image_dir: Path | None = None, max_si
         model_dir, image_dir = colmap.undistort_colmap_workspace(model_dir, image_dir, undistort_dir)
     model = colmap.read_colmap_model(model_dir)
     images, model = _match_images_to_model(model, image_dir, max_side)
-    return Capture(images, model.cameras, model.image_names, model.points, model.point_colors, "colmap", workspace)
+    return Capture(images, model.cameras, model.image_names, *_usable_points(model), "colmap", workspace)
 
 
 def structure_from_motion(frames: Sequence[np.ndarray], workspace: Path, sfm_config=None) -> Capture:
@@ -154,7 +159,7 @@ def structure_from_motion(frames: Sequence[np.ndarray], workspace: Path, sfm_con
             raise OSError(f"cannot write {image_dir / f'frame_{i:04d}.png'}")
     model = colmap.run_sfm(image_dir, workspace, sfm_config)
     images, model = _match_images_to_model(model, image_dir, None)
-    return Capture(images, model.cameras, model.image_names, model.points, model.point_colors, "sfm", workspace)
+    return Capture(images, model.cameras, model.image_names, *_usable_points(model), "sfm", workspace)
 
 
 def load_capture(

@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
                                max_frames=args.max_frames, max_side=max_side, sfm_config=SfMConfig(matcher=args.sfm_matcher))
         if capture.source != "cameras":
             print(f"cameras: {len(capture.cameras)} from {capture.source} ({capture.workspace}), "
-                  f"{len(capture.points)} SfM points, f = {capture.cameras[0].K[0, 0]:.1f} px at "
+                  f"{0 if capture.points is None else len(capture.points)} SfM points, f = {capture.cameras[0].K[0, 0]:.1f} px at "
                   f"{capture.cameras[0].width}x{capture.cameras[0].height}")
         images, cameras = capture.images, capture.cameras
         depths = load_depths(args.depths, len(images)) if args.depths else None
