@@ -303,11 +303,7 @@ class MultiViewUNet(nn.Module):
         weights = folder / UNET_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"UNet weights not found: {weights}")
-        header = safetensors_header(weights)  # truncated / corrupt files are named before loading
-        stem = header.get("input_blocks.0.0.weight")
-        if stem is not None and len(stem["shape"]) == 4 and stem["shape"][1] != config.in_channels:
-            raise WeightsError(f"{weights}: the weights take {stem['shape'][1]} input channels, "
-                               f"{folder / UNET_CONFIG} says in_channels={config.in_channels}")
+        safetensors_header(weights)  # truncated / corrupt files are named before loading
         with torch.device("meta"):  # no second copy of the weights in memory
             model = cls(config, camera_dim=camera_dim)
         state = load_file(str(weights), device=str(device))
@@ -329,8 +325,13 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if tuple(state[k].shape) != expected[k]
     )
     if missing or unexpected or mismatched:
+        stem = "input_blocks.0.0.weight"
+        channels = ""
+        if stem in state and stem in expected and state[stem].ndim == 4 and state[stem].shape[1] != expected[stem][1]:
+            channels = (f"the weights take {state[stem].shape[1]} input channels, the config says "
+                        f"in_channels={expected[stem][1]}; ")
         raise WeightsError(
-            f"{source} does not match the UNet built from its config: "
+            f"{source} does not match the UNet built from its config: {channels}"
             f"missing {missing}, unexpected {unexpected}, mismatched {mismatched}"
         )
 
