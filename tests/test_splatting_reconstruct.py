@@ -24,6 +24,7 @@ def world():
     return scene, cameras, [f.rgb for f in frames], [f.depth for f in frames]
 
 
+@pytest.mark.slow
 def test_reconstruction_learns_held_out_views(world):
     scene, cameras, images, depths = world
     eval_views = (2, 7)
@@ -62,6 +63,7 @@ def test_depth_registration_recovers_perturbed_poses(world):
         register_depth_maps(noisy, [d if i != 3 else d[:4, :4] for i, d in enumerate(depths)])
 
 
+@pytest.mark.slow
 def test_depth_disagreement_tells_consistent_depths_from_warped_ones(world):
     scene, cameras, images, depths = world
     noisy = perturb_cameras(cameras, rotation_deg=2.0, translation=0.02 * scene.scale, seed=1)
@@ -92,6 +94,7 @@ def test_depth_disagreement_tells_consistent_depths_from_warped_ones(world):
     assert result.camera_refinement["method"] == "depth"
 
 
+@pytest.mark.slow
 def test_camera_refinement_recovers_perturbed_poses(world):
     scene, cameras, images, depths = world
     noisy = perturb_cameras(cameras, rotation_deg=2.0, translation=0.02 * scene.scale, seed=1)

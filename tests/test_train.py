@@ -49,6 +49,7 @@ def test_config_overrides_and_round_trip():
     assert preset("sd21").unet.in_channels == 9 and preset("sd21").compute_dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_tiny_learns_on_synthetic_clips(clips):
     import jax
 
@@ -134,6 +135,7 @@ def test_posed_batches_carry_the_pair_warps_of_the_drawn_views(posed_scene, clip
         next(training_batches(root, num_views=2, image_size=24, batch_size=1, posed=True))
 
 
+@pytest.mark.slow
 def test_posed_warp_training_step(posed_scene):
     import jax
 
@@ -150,6 +152,7 @@ def test_posed_warp_training_step(posed_scene):
     assert jax.tree.leaves(state["params"])[0].dtype == np.float32
 
 
+@pytest.mark.slow
 def test_loss_weighting_options_match_a_direct_computation(posed_scene):
     """Min-SNR-gamma scales each sample's loss by min(1, gamma / (SNR + 1)) (v-prediction) and
     hole_loss_weight reweights the pixels with mask 0: both checked against the same batch
@@ -190,6 +193,7 @@ def test_loss_weighting_options_match_a_direct_computation(posed_scene):
         preset("tiny", ["min_snr_gamma=0"])
 
 
+@pytest.mark.slow
 def test_cached_latents_give_the_same_loss_as_encoding_every_step(clips, tmp_path):
     """Latent training with `cache_latents`: the stored latents are the encoder's, the loss on a
     batch equals the one that encodes the views in the step, and `run` builds the cache itself."""

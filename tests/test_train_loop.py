@@ -59,6 +59,7 @@ def test_hardware_flops_add_the_recomputation_to_the_model_flops():
     assert plain.flops_per_step() < flash.hardware_flops_per_step() < full.hardware_flops_per_step()
 
 
+@pytest.mark.slow
 def test_run_fills_the_compilation_cache_and_logs_mfu_and_hfu(tmp_path):
     from see3d_core.clips import write_synthetic_dataset
     from see3d_jax.train import run

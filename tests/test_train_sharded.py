@@ -52,6 +52,7 @@ def _python(code, env, timeout=900):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_step_sharded_data4_fsdp2_equals_single_device(env):
     result = _python(
         """
@@ -120,6 +121,7 @@ def _train_cmd(clips, workdir, *extra):
             "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(env, clips, tmp_path):
     common = ["steps=30", "log_every=1", "checkpoint_every=1000", "tensorboard=false", "batch_size=4"]
     e = _with_devices(env, 1)
@@ -163,6 +165,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_like_one(env, clips, tmp_path):
     common = ["steps=3", "log_every=1", "tensorboard=false", "batch_size=8", "--data-shards", "2"]
     port = _free_port()

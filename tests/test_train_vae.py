@@ -26,6 +26,7 @@ def _views(cfg, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (cfg.batch_size, cfg.num_views, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_vae_parameters_are_step_arguments_not_constants(vae):
     cfg = preset("tiny", LATENT)
     encoder = latent_encoder(vae)
@@ -46,6 +47,7 @@ def test_vae_parameters_are_step_arguments_not_constants(vae):
     assert float(loss_arguments) == pytest.approx(float(loss_baked), rel=1e-6)  # the same loss either way
 
 
+@pytest.mark.slow
 def test_bfloat16_encoding_is_within_bfloat16_rounding(vae):
     images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32, 3)), jnp.float32)
     exact = np.asarray(jax.jit(latent_encoder(vae).apply)(latent_encoder(vae).params, images), np.float64)

@@ -144,6 +144,7 @@ def test_config_round_trip_and_validation(tmp_path):
         unet_config.preset("huge")
 
 
+@pytest.mark.slow
 def test_blockwise_3d_attention_gives_the_xla_output_and_gradients(tiny_model):
     # 32x32 inputs: 3 views x 16x16 tokens = 768 tokens in the 3D attention, two key blocks of
     # 512 (the second padded). Each attention op is within gamma(2L + 8) = 9e-5 relative of exact
