@@ -57,11 +57,11 @@ def build_pipeline(size: str, variant: str, device: torch.device, dtype: torch.d
             image_size=image, projection_dim=config.context_dim)).eval()
         empty_prompt = torch.randn(1, 77, config.context_dim, dtype=dtype)
     processor = Processor(size={"shortest_edge": image}, crop_size={"height": image, "width": image})
-    scheduler, fields, note = pl.released_scheduler({
+    scheduler, released_timesteps, note = pl.released_scheduler({
         "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction",
         "set_alpha_to_one": False, "timestep_spacing": "leading", "timestep_scaling": "trailing", "_class_name": "DDIMScheduler"})
     return pl.See3DPipeline(unet, vae, scheduler, empty_prompt, vision, processor, device, dtype, vae_slice=1,
-                            released_timesteps=fields["released_timesteps"], timesteps_note=note)
+                            released_timesteps=released_timesteps, timesteps_note=note)
 
 
 def synchronize(device: torch.device) -> None:

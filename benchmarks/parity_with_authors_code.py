@@ -76,7 +76,6 @@ class Recorder:
 
 def run_authors(root, variant, sr, images, masks, gt_num, steps, guidance):
     import diffusers.models.autoencoders.vae as vae_mod
-    import diffusers.utils.torch_utils as tu
     module = __import__("pipeline_mvd_warp_mix_classifier_SR" if sr else "pipeline_mvd_warp_mix_classifier")
     from mv_unet import MultiViewUNetModel
     rec = Recorder()

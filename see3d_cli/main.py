@@ -133,10 +133,9 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 def _depth_estimator(depth_model: str, offline: bool | None = None):
     """Depth Anything from a local folder or a Hugging Face repository id (the cache when offline)."""
-    from see3d_core.weights import resolve_weights
     from see3d_torch.mono_depth import DepthAnything
 
-    return DepthAnything(resolve_weights(depth_model, offline=offline, marker="config.json", argument="depth-model"))
+    return DepthAnything(depth_model, offline=offline)
 
 
 def pick_device(device: str) -> str:

@@ -36,16 +36,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Literal
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
-    CONDITION_VARIANTS,
     RELEASED_CONDITION,
     ConditionConfig,
-    ConditionVariant,
     MaskConfig,
     needs_pair_warps,
 )

@@ -32,15 +32,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from see3d_core.clips import (  # noqa: F401  (square_resize* re-exported: the data pipeline's crop)
-    ClipDataset,
-    ClipFormatError,
-    pair_warps_path,
-    read_clip,
-    read_info,
-    square_resize,
-    square_resize_intrinsics,
-)
+from see3d_core.clips import ClipDataset, ClipFormatError, pair_warps_path, read_clip, read_info, square_resize
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:

@@ -25,13 +25,12 @@ target views (references unchanged, same context), and
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from see3d_core.diffusion import DDIMConfig, TimestepSpacing, ddim_timesteps, previous_timesteps  # defined once
+from see3d_core.diffusion import DDIMConfig, ddim_timesteps, previous_timesteps  # defined once
 from see3d_jax.condition import RELEASED, ConditionConfig, visual_condition
 from see3d_jax.schedules import NoiseSchedule, split_prediction
 

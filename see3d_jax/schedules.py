@@ -26,7 +26,6 @@ import numpy as np
 
 from see3d_core.diffusion import (  # the configs and the float64 tables are defined once, in see3d_core
     PREDICTION_TYPES,
-    BetaSchedule,
     PredictionType,
     ScheduleConfig,
     beta_table,

@@ -33,9 +33,7 @@ shard of the clips and feeds its part of the global batch.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import queue
 import signal

@@ -21,17 +21,9 @@ inference. At inference X are the warped views and M their warp masks (no random
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Literal
-
 import torch
 
-from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
-    CONDITION_VARIANTS,
-    RELEASED_CONDITION,
-    ConditionConfig,
-    ConditionVariant,
-)
+from see3d_core.diffusion import RELEASED_CONDITION, ConditionConfig  # the configs are defined once, in see3d_core
 from see3d_torch.schedules import add_noise
 
 BLACK = -1.0

@@ -43,6 +43,7 @@ import dataclasses
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -141,7 +142,7 @@ def _load_component(what: str, folder: Path, load: Callable):
 
 
 def released_scheduler(scheduler_config: dict):
-    """(DDIMScheduler, DDIMConfig fields, note) as the authors build theirs from the released
+    """(DDIMScheduler, whether to use the authors' timestep list, note) as the authors build theirs from the released
     `scheduler_config.json`: steps_offset 1 and clip_sample off (their pipeline's constructor),
     zero terminal SNR (`mv_diffusion.py`); timesteps from `timestep_scaling` (module docstring)."""
     from diffusers import DDIMScheduler
@@ -159,7 +160,7 @@ def released_scheduler(scheduler_config: dict):
         note = (f"the scheduler's own {scheduler.config.timestep_spacing!r} timesteps: scheduler_config.json has no "
                 "'timestep_scaling' key (the authors' code raises AttributeError there)")
         LOG.warning("See3D pipeline: %s", note)
-    return scheduler, dict(released_timesteps=scaling == "trailing"), note
+    return scheduler, scaling == "trailing", note
 
 
 def clip_image_processor(folder: Path):
@@ -242,7 +243,7 @@ class See3DPipeline:
             scheduler_config = json.loads(scheduler_file.read_text())
         except json.JSONDecodeError as e:
             raise WeightsError(f"{scheduler_file}: not valid JSON ({e})") from e
-        scheduler, timestep_fields, note = released_scheduler(scheduler_config)
+        scheduler, released_timesteps, note = released_scheduler(scheduler_config)
         empty_prompt = empty_prompt_embedding(root, device, dtype)
         clip_dir = root / CLIP_VISION_DIR
         image_encoder = _load_component("CLIP image encoder", clip_dir, lambda: CLIPVisionModelWithProjection.from_pretrained(
@@ -252,7 +253,7 @@ class See3DPipeline:
             root / "vae", local_files_only=True, torch_dtype=dtype)).to(device).eval()
         unet = MultiViewUNet.from_pretrained(released_unet_dir(root, variant), torch_dtype=dtype, device="cpu").to(device)
         return cls(unet, vae, scheduler, empty_prompt, image_encoder, clip_processor, device, dtype, vae_slice,
-                   timestep_fields["released_timesteps"], note)
+                   released_timesteps, note)
 
     def free(self) -> None:
         """Drop every model (and the cached CUDA memory) so the next stage fits."""
@@ -293,8 +294,6 @@ class See3DPipeline:
     @torch.no_grad()
     def time_one_step(self, num_views: int, image_size: tuple[int, int], guided: bool = True) -> float:
         """Seconds of one UNet evaluation on `num_views` views (both guidance branches), measured."""
-        import time
-
         h, w = (s // self.vae_factor for s in image_size)
         batch = 2 if guided else 1
         x = torch.zeros(batch, num_views, self.unet.config.in_channels, h, w, device=self.device, dtype=self.dtype)
@@ -439,9 +438,9 @@ def super_resolve(pipe: See3DPipeline, references_2x: np.ndarray, generated_2x: 
     groups = [SRGroup((), tuple(range(len(generated_2x))))] if grouping == "single" else released_sr_groups(len(references_2x), len(generated_2x))
     outputs: dict[int, np.ndarray] = {}
     for group in groups:
-        carried = list(group.carried)
-        images = np.concatenate([resize_images_pil(to_uint8(np.stack([outputs[i] for i in carried])), masks_2x.shape[1:])
-                                 if carried else generated_2x[:0], generated_2x[list(group.targets)]])
+        carried = list(group.carried)  # SR outputs re-enter through uint8, as the authors' saved PIL images
+        carried_images = [to_uint8(outputs[i]).astype(np.float32) / np.float32(255) for i in carried]
+        images = np.stack(carried_images + list(generated_2x[list(group.targets)]))
         result = pipe(references_2x, images, masks_2x[carried + list(group.targets)], seed=seed, settings=settings, progress=progress)
         for i, image in zip(group.targets, result[len(carried):]):
             outputs[i] = image

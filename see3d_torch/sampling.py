@@ -15,11 +15,11 @@ condition only: the unconditional branch has V = 0 and M = 0 on targets (referen
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
-from see3d_core.diffusion import DDIMConfig, TimestepSpacing, ddim_timesteps  # defined once
+from see3d_core.diffusion import DDIMConfig, ddim_timesteps  # defined once
 from see3d_torch.condition import RELEASED, ConditionConfig, visual_condition
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]

@@ -17,7 +17,6 @@ import torch
 
 from see3d_core.diffusion import (  # the configs are defined once, in see3d_core
     PREDICTION_TYPES,
-    BetaSchedule,
     PredictionType,
     ScheduleConfig,
 )

@@ -13,7 +13,6 @@ timestep and one context.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

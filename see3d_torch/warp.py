@@ -28,10 +28,21 @@ the fringe of a disocclusion mixes foreground and background and is better regen
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from see3d_core.clips import (
+    ClipDataset,
+    ClipFormatError,
+    pair_warps_path,
+    read_clip,
+    read_info,
+    square_resize,
+    square_resize_intrinsics,
+)
 
 SPLAT_MODES = ("nearest", "bilinear", "soft")
 MIN_WEIGHT = 0.05  # a destination pixel is known when this much splat weight reached it
@@ -338,10 +349,6 @@ def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool
     (`see3d_core.clips.square_resize`), in `see3d_core.clips.pair_warps_path`. Written whole
     (temporary file, then rename); an existing file is kept unless `overwrite`. Returns whether
     it wrote. Raises ClipFormatError naming the clip when it has no cameras or depths."""
-    import os
-
-    from see3d_core.clips import ClipFormatError, pair_warps_path, read_clip, square_resize, square_resize_intrinsics
-
     path = pair_warps_path(clip_dir, image_size)
     if path.is_file() and not overwrite:
         return False
@@ -363,8 +370,6 @@ def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool
 def write_dataset_pair_warps(data_dir, image_size: int, overwrite: bool = False) -> int:
     """`write_pair_warps` for every posed clip of a clip dataset (unposed clips are skipped);
     resumable. Returns the number of clips written now."""
-    from see3d_core.clips import ClipDataset, read_info
-
     written = 0
     for clip_dir in ClipDataset(data_dir).clip_dirs():
         info = read_info(clip_dir)
