@@ -126,6 +126,33 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
     assert (tmp_path / "run" / "conditions" / "condition_006.png").is_file()
 
 
+class _GreyBackend:
+    """A stand-in model that paints every target mid-grey."""
+
+    name, image_size, max_views = "grey", None, 4
+
+    def generate(self, reference_images, target_images, target_masks, **_):
+        return np.full(target_images.shape, 0.5, np.float32)
+
+
+def test_composite_known_pastes_the_condition_back_and_is_off_by_default(scene):
+    from see3d_torch.generation.loop import GenerationConfig, generate_views
+    from see3d_torch.mono_depth import SyntheticDepthOracle
+
+    cams = synthetic.default_orbit(scene, 3, 32, 32, azimuth_deg=(-10, 10))
+    frame = synthetic.render(scene, cams[1])
+    run = lambda composite: generate_views(  # noqa: E731
+        [frame.rgb], [cams[1]], [cams[0], cams[2]], _GreyBackend(), SyntheticDepthOracle(scene),
+        GenerationConfig(num_anchors=1, composite_known=composite), input_depths=[frame.depth])
+    plain, pasted = run(False), run(True)
+    for i in plain.generated:
+        assert np.all(plain.images[i] == 0.5)  # the model's output as it came
+        known = pasted.masks[i] > 0.5
+        assert 0.5 < known.mean() < 1.0
+        np.testing.assert_array_equal(pasted.images[i][known], pasted.conditions[i][known])
+        assert np.all(pasted.images[i][~known] == 0.5)  # holes keep the model's pixels
+
+
 @pytest.fixture(scope="module")
 def tiny_unet_folder(tmp_path_factory):
     torch = pytest.importorskip("torch")

@@ -47,6 +47,10 @@ class GenerationConfig:
     min_keypoints: int = 12  # fewer aligned keypoints than this: fall back to the warped depth
     lwlr_bandwidth: float = 50.0  # pixels at 512 px; scaled with the image size
     max_alignment_partners: int = 3  # known views matched against a new anchor
+    # paste the condition's known pixels (mask 1) back over the model's output. Off by default
+    # and for the released weights (they regenerate the whole view); the demo turns it on for its
+    # small model and its report says so
+    composite_known: bool = False
 
     def __post_init__(self):
         if self.num_anchors < 1:
@@ -345,6 +349,8 @@ def generate_views(
         if generated.shape != (len(chunk), h, w, 3):
             raise ValueError(f"backend {backend.name} returned shape {generated.shape}, expected {(len(chunk), h, w, 3)}")
         for t, view in zip(chunk, generated):
+            if config.composite_known:
+                view = np.where(masks[t][..., None] > 0.5, conditions[t], view)
             views[t] = np.clip(view, 0, 1).astype(np.float32)
         known += chunk
         pending = [p for p in pending if p not in chunk]
