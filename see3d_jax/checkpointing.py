@@ -4,11 +4,17 @@ One `CheckpointManager` under `WORKDIR/checkpoints` (a local path or `gs://...`)
 asynchronously (training goes on while arrays are written) and keeping the last N. Each
 checkpoint holds two items: `state` (the train-state pytree, restored straight into its
 shardings) and `data` (the grain iterator position, JSON).
+
+`export_checkpoint` writes the weights of a train state alone (step, params and EMA; no
+optimizer state: a third of a checkpoint with AdamW's two moments), each process its own
+shards; `restore_export` reads them back straight into shardings (fine-tuning, evaluation).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -56,3 +62,27 @@ class Checkpointer:
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs with shardings: what `Checkpointer.restore` fills in."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+EXPORT_ITEMS = ("step", "params", "ema")  # what an export keeps of the train state
+
+
+def _orbax_path(directory: str) -> epath.Path:
+    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
+def export_checkpoint(directory: str, state: Any) -> epath.Path:
+    """Write `state`'s step, params and EMA (not its optimizer state) as one orbax checkpoint
+    in `directory` (local or gs://); each process writes the shards it holds, nothing is
+    gathered. Overwrites an earlier export there."""
+    path = _orbax_path(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, {k: state[k] for k in EXPORT_ITEMS}, force=True)
+    return path
+
+
+def restore_export(directory: str, abstract_state: Any) -> dict[str, Any]:
+    """Read an `export_checkpoint` into the shardings of `abstract_state` (ShapeDtypeStructs
+    with shardings, `abstract_like`; a full train state's or just its EXPORT_ITEMS)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(_orbax_path(directory), {k: abstract_state[k] for k in EXPORT_ITEMS})

@@ -136,3 +136,44 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes, x.shape, mesh, rules)))
+
+
+# --- host copies -------------------------------------------------------------------------------
+
+def process_zero_copy(tree: Any) -> Any:
+    """The arrays of `tree` as numpy arrays on process 0 (None on the other processes): what a
+    model export writes.
+
+    Each array is assembled on the host from the shards process 0 holds (one copy of each
+    distinct block; no device-side gather, nothing copied to the other hosts). Only an array
+    with a block that lives on other hosts alone (FSDP across hosts) is gathered, that array on
+    its own (`multihost_utils.process_allgather`), so a host holds at most the finished part
+    of the export plus one parameter. Every process must call this (the gather is collective;
+    whether an array needs it depends only on its sharding, so all processes agree)."""
+    return jax.tree.map(_to_process_zero, tree)
+
+
+def _block(index: tuple) -> tuple:
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _to_process_zero(x: Any) -> np.ndarray | None:
+    if not isinstance(x, jax.Array):
+        return np.asarray(x) if jax.process_index() == 0 else None
+    blocks = x.sharding.devices_indices_map(x.shape)
+    on_zero = {_block(index) for device, index in blocks.items() if device.process_index == 0}
+    if on_zero != {_block(index) for index in blocks.values()}:
+        from jax.experimental import multihost_utils
+
+        full = multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(full) if jax.process_index() == 0 else None
+    if jax.process_index() != 0:
+        return None
+    out = np.empty(x.shape, x.dtype)
+    written: set[tuple] = set()
+    for shard in x.addressable_shards:
+        block = _block(shard.index)
+        if block not in written:  # replicas of a block are copied once
+            out[shard.index] = np.asarray(shard.data)
+            written.add(block)
+    return out

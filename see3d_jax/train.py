@@ -28,6 +28,11 @@ devices: 2.4x the samples/s of the `small` config, benchmarks/RESULTS.md).
 Multi-host: pass `--coordinator HOST:PORT --num-processes N --process-id I` (or
 `--distributed` on TPU / SLURM, where JAX finds them itself); each process reads its own
 shard of the clips and feeds its part of the global batch.
+
+Exports: the EMA model folder is assembled on process 0 from the shards it holds
+(`see3d_jax.sharding.process_zero_copy`; only parameters split across hosts are gathered, one
+at a time); `export_checkpoint=true` also writes `WORKDIR/export`, the step, params and EMA
+without the optimizer state (`see3d_jax.checkpointing.export_checkpoint`, sharded).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from see3d_core.diffusion import needs_pair_warps
 from see3d_jax import condition as cond
 from see3d_jax import schedules
 from see3d_jax.attention import resolve_implementation
-from see3d_jax.sharding import activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, variable_logical_axes
+from see3d_jax.sharding import (activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, process_zero_copy,
+                                variable_logical_axes)
 from see3d_jax.train_config import TrainConfig, preset
 from see3d_jax.unet import UNet, attention_matmul_flops, forward_flops, initial_parameters, save_weights
 from see3d_jax.vae import LatentEncoder
@@ -373,7 +379,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     was preempted). `data_shards` fixes how the clips are split into per-host shards (default:
     one per process); a run with the same `data_shards` sees the same global batches whatever
     its number of processes."""
-    from see3d_jax.checkpointing import Checkpointer, abstract_like
+    from see3d_jax.checkpointing import Checkpointer, abstract_like, export_checkpoint
     from see3d_jax.data import cache_latents, clip_shard, training_batches
 
     if config.compilation_cache_dir is not None:
@@ -498,10 +504,13 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
             ckpt.save(step, state, data_state)
         ckpt.wait()
         if not preempted:
-            ema = jax.tree.map(lambda x: np.asarray(x), _gather(state["ema"]))
+            ema = process_zero_copy(state["ema"])  # assembled from shards on process 0, not gathered on every host
             if process_index == 0:
                 save_weights(ema, config.unet, local_dir / "ema")
                 logger.write({"step": step, "event": "finished", "ema": str(local_dir / "ema")})
+            if config.export_checkpoint:  # every process writes its own shards
+                export = export_checkpoint(f"{workdir.rstrip('/')}/export", state)
+                logger.write({"step": step, "event": "exported", "export": str(export)})
     finally:
         batches.close()
         signal.signal(signal.SIGTERM, previous)
@@ -556,15 +565,6 @@ class Prefetcher:
             return
         self.stopping.set()
         self.thread.join()
-
-
-def _gather(tree):
-    """Bring every (possibly sharded, possibly multi-host) array to host memory in full."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def main(argv: list[str] | None = None) -> int:

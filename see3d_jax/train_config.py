@@ -62,6 +62,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
+    # at the end also write WORKDIR/export: step, params and EMA without the optimizer state, sharded
+    # (see3d_jax.checkpointing.export_checkpoint)
+    export_checkpoint: bool = False
     tensorboard: bool = True
     peak_tflops_per_device: float | None = None  # for MFU / HFU (README: the formulas); None: not reported
     prefetch_batches: int = 2  # global batches assembled and put on devices ahead of the step by a thread (0: inline)

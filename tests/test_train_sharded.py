@@ -191,3 +191,44 @@ def test_two_processes_train_together_like_one(env, clips, tmp_path):
     assert int(a["step"]) == int(b["step"]) == 3
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
         np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_exports_read_each_parameter_from_its_shards(env, tmp_path):
+    result = _python(
+        f"""
+        import json, jax, numpy as np
+        from jax.experimental import multihost_utils
+        from see3d_jax import sharding
+        from see3d_jax.checkpointing import abstract_like, export_checkpoint, restore_export
+        from see3d_jax.train import Trainer
+        from see3d_jax.train_config import preset
+        trainer = Trainer(preset("tiny", ["mesh_data=1", "mesh_fsdp=4"]))
+        state = trainer.init_state()
+        # the unsharded values, from the host parameters the state was made of
+        from flax import nnx
+        from see3d_jax.unet import UNet, initial_parameters
+        host = initial_parameters(nnx.eval_shape(lambda: UNet(trainer.config.unet)), trainer.config.seed)
+        def refuse(*args, **kwargs):
+            raise AssertionError("gathered")
+        jax.device_get, multihost_utils.process_allgather = refuse, refuse
+        ema = sharding.process_zero_copy(state["ema"])
+        # a jax.Array caches its whole value on the host once anything reads it in full
+        whole = sum(x._npy_value is not None for x in jax.tree.leaves(state["ema"]))
+        sharded = sum(len(x.sharding.device_set) > 1 and x.sharding.shard_shape(x.shape) != x.shape for x in jax.tree.leaves(state["ema"]))
+        equal = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(host)))
+        export_checkpoint("{tmp_path / 'export'}", state)
+        restored = restore_export("{tmp_path / 'export'}", abstract_like(trainer.state_shapes, trainer.state_shardings))
+        same = all(np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(restored["ema"]), jax.tree.leaves(host)))
+        layout = all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(state["params"])))
+        print(json.dumps({{"whole": whole, "sharded": sharded, "equal": equal, "restored_equal": same, "layout": layout,
+                          "items": sorted(restored), "leaves": len(jax.tree.leaves(host))}}))
+        """,
+        _with_devices(env, 4),
+    )
+    assert result["sharded"] >= 10  # the export really met split parameters
+    assert result["whole"] == 0  # no parameter was read in full: each came from its shards
+    assert result["equal"]  # assembled from shards: the unsharded values
+    assert result["items"] == ["ema", "params", "step"] and result["restored_equal"] and result["layout"]
+    opt_files = list((tmp_path / "export").rglob("*opt_state*"))
+    assert not opt_files  # no optimizer state in the export
