@@ -34,7 +34,7 @@ from see3d_core.cameras import scale_intrinsics
 from see3d_jax import sampling, schedules
 from see3d_jax.condition import ConditionConfig
 from see3d_jax.data import square_resize, to_model_range
-from see3d_jax.unet import load_weights
+from see3d_jax.convert import from_pretrained
 from see3d_torch.warp import pair_warps
 
 
@@ -93,7 +93,7 @@ def psnr(mse: float) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="folder with config.json + diffusion_flax_model.safetensors")
+    parser.add_argument("--weights", required=True, help="model folder (config.json + diffusion_pytorch_model.safetensors), e.g. RUN/ema")
     parser.add_argument("--scenes", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=0.0, help="condition guidance s (the model is trained without condition dropout)")
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--samples", type=int, default=1, help="also score the mean of this many samples per view")
     args = parser.parse_args(argv)
 
-    model = load_weights(args.weights)
+    model = from_pretrained(args.weights)
     cfg = model.config
     if not cfg.pixel_space:
         raise SystemExit(f"--weights {args.weights}: this evaluation is for pixel-space models")

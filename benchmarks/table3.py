@@ -76,13 +76,13 @@ def evaluate(weights: Path, scenes: int, sample_steps: int, seed: int = 900_000,
     import jax.numpy as jnp
     import torch
 
-    from see3d_jax.unet import load_weights
+    from see3d_jax.convert import from_pretrained
     from see3d_torch import metrics
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_small_pixel import held_out_views, make_generator, reference_warps
 
-    model = load_weights(str(weights))
+    model = from_pretrained(weights)
     cfg = model.config
     generate = make_generator(model, sample_steps)
 

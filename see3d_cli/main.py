@@ -167,7 +167,7 @@ def load_backend(kind: str, weights: str | None, device: str = "cpu", steps: int
     else:
         folder = resolve_weights(weights, offline=offline)
     if kind == "auto":
-        kind = {"released": "pipeline", "flax": "jax", "torch_unet": "unet"}[detect_checkpoint_format(folder)]
+        kind = {"released": "pipeline", "model": "unet"}[detect_checkpoint_format(folder)]
     if kind == "pipeline":
         from see3d_torch.generation.backends import See3DPipelineBackend
 

@@ -1,6 +1,18 @@
-"""The released See3D checkpoint folder (framework-free): paths and the UNet config dialect.
+"""Checkpoint folders (framework-free): the kit's one model folder, the released See3D folder,
+the UNet config dialects, and `detect_checkpoint_format` that tells them apart.
 
-Layout (diffusers style, safetensors; SPEC.md section 2)::
+A model folder (a UNet or a VAE, written by either framework: `MultiViewUNet.save_pretrained`
+in torch, `see3d_jax.convert.save_pretrained` in Flax; read by both `from_pretrained`s) is
+diffusers' layout with torch parameter names and layouts::
+
+    FOLDER/config.json                           `UNetConfig` fields (or diffusers' VAE config)
+    FOLDER/diffusion_pytorch_model.safetensors   `WEIGHTS_FILE`
+
+Older Flax folders (`diffusion_flax_model.safetensors` in Flax names, or an orbax `params/`)
+are refused with the command that converts them (`see3d-convert upgrade`). Orbax is only for
+training state (`RUN/checkpoints`).
+
+The released layout (diffusers style, safetensors; SPEC.md section 2)::
 
     ROOT/model_index.json
     ROOT/scheduler/scheduler_config.json
@@ -23,8 +35,14 @@ from pathlib import Path
 from see3d_core.unet_config import UNetConfig
 
 UNET_VARIANTS = ("single", "sparse", "SR")
-UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
-UNET_CONFIG = "config.json"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # of every model folder, released or ours
+CONFIG_FILE = "config.json"
+# the formats before the one model folder; only `see3d-convert upgrade` reads them
+LEGACY_FLAX_WEIGHTS = "diffusion_flax_model.safetensors"  # Flax names and layouts (the old `RUN/ema`)
+LEGACY_ORBAX_PARAMS = "params"  # an orbax checkpoint of the model's nnx.Param state
+UPGRADE_COMMAND = "see3d-convert upgrade {old} NEW_FOLDER"
+# the small pixel-space model `see3d demo` runs (a model folder; package data)
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "small_pixel"
 CLIP_VISION_DIR = "CLIP-ViT-H-14-laion2B-s32B-b79K"
 RELEASED_UNET_CLASS = "MultiViewUNetModel"
 
@@ -72,7 +90,7 @@ def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
     """Read a UNet `config.json` (a folder or the file): the kit's own or the released dialect."""
     path = Path(path)
     if path.is_dir():
-        path = path / UNET_CONFIG
+        path = path / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"UNet config not found: {path}")
     try:
@@ -87,23 +105,56 @@ def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
     return UNetConfig.from_dict(raw, source=str(path)), None
 
 
-CHECKPOINT_FORMATS = ("released", "flax", "torch_unet")
+CHECKPOINT_FORMATS = ("released", "model")
+
+
+class LegacyCheckpointError(ValueError):
+    """A folder in a format from before the one model folder; the message names the command."""
+
+
+def legacy_checkpoint_file(folder: str | Path) -> Path | None:
+    """The file or folder that marks `folder` as a legacy Flax checkpoint, or None."""
+    folder = Path(folder)
+    for marker in (folder / LEGACY_FLAX_WEIGHTS, folder / LEGACY_ORBAX_PARAMS):
+        if marker.exists():
+            return marker
+    return None
+
+
+def _refuse_legacy(folder: Path) -> None:
+    marker = legacy_checkpoint_file(folder)
+    if marker is not None and not (folder / WEIGHTS_FILE).is_file():
+        raise LegacyCheckpointError(
+            f"{marker}: a Flax checkpoint in the old format (before the one model folder, {CONFIG_FILE} + {WEIGHTS_FILE}); "
+            f"convert it once with `{UPGRADE_COMMAND.format(old=folder)}`"
+        )
+
+
+def model_folder_files(folder: str | Path) -> tuple[Path, Path]:
+    """(config, weights) of a model folder, after checking that both files exist. A legacy Flax
+    folder gets a `LegacyCheckpointError` naming its file and the command that converts it."""
+    folder = Path(folder)
+    _refuse_legacy(folder)
+    config, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"config not found: {config}")
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights not found: {weights} (a model folder holds {CONFIG_FILE} + {WEIGHTS_FILE})")
+    return config, weights
 
 
 def detect_checkpoint_format(folder: str | Path) -> str:
     """What a weights folder holds, from its layout: "released" (the See3D release,
-    `model_index.json`), "flax" (an orbax checkpoint with `params/` or the trainer's `RUN/ema`
-    export, `diffusion_flax_model.safetensors`) or "torch_unet" (`config.json` + safetensors).
-    Raises ValueError naming the folder and the layouts it expected."""
+    `model_index.json`) or "model" (a model folder, `config.json` + `WEIGHTS_FILE`, from either
+    framework). Raises LegacyCheckpointError for an old Flax folder (naming the file and the
+    command that converts it) and ValueError naming the folder and the layouts it expected."""
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return "released"
-    if (folder / "params").is_dir() or (folder / "diffusion_flax_model.safetensors").is_file():
-        return "flax"
-    if (folder / UNET_CONFIG).is_file() and any(folder.glob("*.safetensors")):
-        return "torch_unet"
+    _refuse_legacy(folder)
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return "model"
     raise ValueError(
-        f"--weights {folder}: not a released See3D folder (model_index.json), a torch UNet folder "
-        "(config.json + *.safetensors) or a Flax checkpoint (params/ or diffusion_flax_model.safetensors); "
-        "pass --backend to say which"
+        f"--weights {folder}: not a released See3D folder (model_index.json) nor a model folder "
+        f"({CONFIG_FILE} + {WEIGHTS_FILE})"
     )

@@ -1,6 +1,8 @@
-"""Checkpoint conversion between the Flax models and torch folders (config.json + safetensors).
-
-No torch needed: tensors are read and written with `safetensors.numpy`.
+"""The Flax models' side of the one model folder (config.json + diffusion_pytorch_model.safetensors,
+torch parameter names and layouts; `see3d_core.released_layout`): `save_pretrained` and
+`from_pretrained` go through an explicit name map, so a folder written by either framework
+loads in the other unchanged. No torch needed: tensors are read and written with
+`safetensors.numpy`.
 
 The name map is explicit and bijective. The Flax UNet (`see3d_jax.unet`) and VAE
 (`see3d_jax.vae`) are built with the same module tree as their torch counterparts (the LDM
@@ -18,11 +20,13 @@ one fixed table from Flax parameter to torch parameter and layout:
 Flax parameter. Loading validates the file against it and reports missing, unexpected and
 shape-mismatched keys by name. Transposes are exact, so Flax -> torch -> Flax is bit-exact.
 
-Files:
-    torch folder   config.json (UNetConfig fields, the released MVDream dialect, or diffusers'
-                   AutoencoderKL config) + diffusion_pytorch_model.safetensors
-    Flax folder    config.json (same dialects) + params/ (orbax StandardCheckpointer of the
-                   model's nnx.Param state)
+Model folder: config.json (UNetConfig fields, the released MVDream dialect, or diffusers'
+AutoencoderKL config) + `WEIGHTS_FILE`. The formats from before it (`diffusion_flax_model
+.safetensors` in Flax names, an orbax `params/`) are read only by `load_legacy_flax_folder`,
+behind `see3d-convert upgrade OLD NEW`; the loaders refuse them with that command.
+
+    see3d-convert upgrade OLD_FOLDER NEW_FOLDER   legacy Flax folder -> model folder
+    see3d-convert check FOLDER                    load a model folder in Flax, report what it is
 """
 
 from __future__ import annotations
@@ -33,17 +37,25 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from see3d_core.released_layout import UNET_CONFIG, UNET_WEIGHTS, UNET_VARIANTS, read_unet_config, released_unet_dir
+from see3d_core.released_layout import (
+    CONFIG_FILE,
+    LEGACY_FLAX_WEIGHTS,
+    LEGACY_ORBAX_PARAMS,
+    WEIGHTS_FILE,
+    detect_checkpoint_format,
+    legacy_checkpoint_file,
+    model_folder_files,
+    read_unet_config,
+)
 from see3d_core.unet_config import UNetConfig
-from see3d_jax.unet import WEIGHTS_FILE as FLAX_UNET_WEIGHTS
-from see3d_jax.unet import UNet, load_weights
+from see3d_jax.unet import UNet
 from see3d_jax.vae import AutoencoderKL, VAEConfig
 
-PARAMS_DIR = "params"
 _CONV, _LINEAR, _SAME = "conv", "linear", "same"
 # (module type, {flax parameter: (torch parameter, layout)}), checked in order
 _PARAM_TABLES: tuple[tuple[type, dict[str, tuple[str, str]]], ...] = (
@@ -162,59 +174,69 @@ def load_torch_tensors(
 # ---------------------------------------------------------------------------------------- files
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    return json.loads(path.read_text())
-
-
 def _is_vae_config(raw: dict) -> bool:
     return raw.get("_class_name") == "AutoencoderKL"
 
 
-def _abstract_model(config_path: Path) -> tuple[nnx.Module, int | None]:
-    """A model with shape-only parameters for the config at `config_path` (+ camera_dim)."""
-    raw = _read_json(config_path)
+def _abstract_model(config_path: Path, unet_options: dict) -> tuple[nnx.Module, int | None]:
+    """A model with shape-only parameters for the config at `config_path` (+ camera_dim);
+    `unet_options` (dtype, remat, attention_implementation) go to the UNet's constructor."""
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config {config_path} is not valid JSON ({e})") from None
     if _is_vae_config(raw):
+        if unet_options:
+            raise ValueError(f"{config_path}: a VAE config; {sorted(unet_options)} only apply to a UNet")
         vae_config = VAEConfig.from_diffusers_config(raw, source=str(config_path))
         return nnx.eval_shape(lambda: AutoencoderKL(vae_config, rngs=nnx.Rngs(0))), None
     unet_config, camera_dim = read_unet_config(config_path)
-    return nnx.eval_shape(lambda: UNet(unet_config)), camera_dim
+    return nnx.eval_shape(lambda: UNet(unet_config, **unet_options)), camera_dim
 
 
 def _write_config(model: nnx.Module, folder: Path) -> None:
     if isinstance(model, AutoencoderKL):
-        (folder / UNET_CONFIG).write_text(json.dumps(model.config.to_diffusers_config(), indent=1))
+        (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_diffusers_config(), indent=1))
     elif isinstance(model, UNet):
-        model.config.save(folder / UNET_CONFIG)
+        model.config.save(folder / CONFIG_FILE)
     else:
-        raise TypeError(f"cannot convert a {type(model).__name__}; expected see3d_jax UNet or AutoencoderKL")
+        raise TypeError(f"cannot save a {type(model).__name__}; expected see3d_jax UNet or AutoencoderKL")
 
 
-def save_torch_folder(model: nnx.Module, folder: str | Path) -> Path:
-    """Write `config.json` + `diffusion_pytorch_model.safetensors` that `see3d_torch` (UNet) or
-    diffusers (`AutoencoderKL.from_pretrained`) loads."""
+def save_pretrained(model: nnx.Module, folder: str | Path) -> Path:
+    """Write the model folder (`config.json` + `WEIGHTS_FILE`, torch names and layouts) that
+    `see3d_torch.unet.MultiViewUNet.from_pretrained` (UNet), diffusers'
+    `AutoencoderKL.from_pretrained` (VAE) and `from_pretrained` here load."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_config(model, folder)
-    save_file(flax_to_torch_tensors(model), str(folder / UNET_WEIGHTS))
+    save_file(flax_to_torch_tensors(model), str(folder / WEIGHTS_FILE))
     return folder
 
 
-def load_torch_folder(folder: str | Path) -> nnx.Module:
-    """Build the Flax UNet or VAE described by a torch folder's config.json and load its weights.
+def save_pretrained_params(params: dict, config: UNetConfig, folder: str | Path) -> Path:
+    """`save_pretrained` for a UNet given as a pure parameter dict (`nnx.to_pure_dict` of its
+    nnx.Param state, e.g. the trainer's EMA) and its config."""
+    model = nnx.eval_shape(lambda: UNet(config))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
+    nnx.update(model, state)
+    return save_pretrained(model, folder)
+
+
+def from_pretrained(folder: str | Path, **unet_options) -> nnx.Module:
+    """Build the Flax UNet or VAE a model folder's config.json describes and load its weights
+    (written by either framework); `unet_options` (dtype, remat, attention_implementation) go
+    to the UNet. Old Flax folders are refused with the `see3d-convert upgrade` command.
 
     A released MVDream-style UNet may carry an unused camera embedding (`camera_dim`): its four
     `camera_embed.*` tensors are shape-checked and dropped (See3D never feeds cameras)."""
     from safetensors.numpy import load_file
 
-    folder = Path(folder)
-    weights = folder / UNET_WEIGHTS
-    model, camera_dim = _abstract_model(folder / UNET_CONFIG)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}")
+    config_path, weights = model_folder_files(folder)
+    model, camera_dim = _abstract_model(config_path, unet_options)
     tensors = load_file(str(weights))
     ignore = ()
     if camera_dim is not None:
@@ -231,91 +253,97 @@ def load_torch_folder(folder: str | Path) -> nnx.Module:
     return model
 
 
-def save_flax_checkpoint(model: nnx.Module, directory: str | Path) -> Path:
-    """Write `config.json` and the orbax checkpoint `params/` of the model's nnx.Param state."""
+# ------------------------------------------------------------------------------ legacy folders
+
+
+def load_legacy_flax_folder(folder: str | Path) -> nnx.Module:
+    """The one reader of the formats from before the model folder: config.json plus either
+    `LEGACY_FLAX_WEIGHTS` (Flax parameter names and layouts, the trainer's old `RUN/ema`) or an
+    orbax `LEGACY_ORBAX_PARAMS/` folder. Used by `see3d-convert upgrade`."""
+    folder = Path(folder).absolute()
+    marker = legacy_checkpoint_file(folder)
+    if marker is None:
+        raise FileNotFoundError(f"{folder}: no {LEGACY_FLAX_WEIGHTS} and no orbax {LEGACY_ORBAX_PARAMS}/ (not a legacy Flax folder)")
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"config not found: {config}")
+    model, _ = _abstract_model(config, {})
+    if marker.name == LEGACY_FLAX_WEIGHTS:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(marker))
+        params = nnx.state(model, nnx.Param)
+        expected = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.get_value().shape)}"
+                      for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.get_value().shape)]
+        if missing or unexpected or mismatched:
+            raise ConversionError(f"{marker} does not match {type(model).__name__}: missing {missing}, "
+                                  f"unexpected {unexpected}, mismatched {mismatched}")
+        for name, var in expected.items():
+            var.set_value(jnp.asarray(tensors[name], jnp.float32))
+        nnx.update(model, params)
+        return model
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_config(model, directory)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / PARAMS_DIR, nnx.state(model, nnx.Param), force=True)
-    return directory
-
-
-def load_flax_checkpoint(directory: str | Path) -> nnx.Module:
-    """Rebuild the UNet or VAE from `config.json` and restore `params/` (orbax) into it. A UNet
-    weights export of the trainer (`WORKDIR/ema`: config.json + diffusion_flax_model.safetensors,
-    `see3d_jax.unet.save_weights`) is read too."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).absolute()
-    params = directory / PARAMS_DIR
-    if not params.is_dir() and (directory / FLAX_UNET_WEIGHTS).is_file():
-        return load_weights(directory)
-    model, _ = _abstract_model(directory / UNET_CONFIG)
-    if not params.is_dir():
-        raise FileNotFoundError(f"orbax checkpoint not found: {params} (nor {directory / FLAX_UNET_WEIGHTS})")
     graphdef, abstract_params, rest = nnx.split(model, nnx.Param, ...)
     with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(params, abstract_params)
+        restored = checkpointer.restore(marker, abstract_params)
     return nnx.merge(graphdef, restored, rest)
 
 
-def flax_to_torch(flax_dir: str | Path, torch_dir: str | Path) -> Path:
-    """Flax orbax checkpoint folder -> torch folder (config.json + safetensors)."""
-    return save_torch_folder(load_flax_checkpoint(flax_dir), torch_dir)
+def upgrade(old_folder: str | Path, new_folder: str | Path) -> Path:
+    """Legacy Flax folder -> model folder."""
+    if Path(new_folder).absolute() == Path(old_folder).absolute():
+        raise ValueError(f"upgrade {old_folder}: write the model folder somewhere else (the old files would stay beside it)")
+    return save_pretrained(load_legacy_flax_folder(old_folder), new_folder)
 
 
-def torch_to_flax(torch_dir: str | Path, flax_dir: str | Path, variant: str | None = None) -> Path:
-    """Torch folder -> Flax orbax checkpoint folder. `torch_dir` may also be the released See3D
-    root (with `model_index.json`): then `variant` picks `single`, `sparse`, `SR` or `vae`."""
-    torch_dir = Path(torch_dir)
-    if (torch_dir / "model_index.json").is_file():
-        if variant is None:
-            raise ValueError(f"{torch_dir} is a released See3D folder: pass variant, one of {UNET_VARIANTS + ('vae',)}")
-        torch_dir = torch_dir / "vae" if variant == "vae" else released_unet_dir(torch_dir, variant)
-    elif variant is not None:
-        raise ValueError(f"variant={variant!r} only applies to a released See3D folder (no model_index.json in {torch_dir})")
-    return save_flax_checkpoint(load_torch_folder(torch_dir), flax_dir)
+def describe(folder: str | Path) -> str:
+    """Load a folder in Flax (every name and shape checked) and say what it holds."""
+    folder = Path(folder)
+    if detect_checkpoint_format(folder) == "released":
+        raise ValueError(f"{folder}: a released See3D root; check one model in it, e.g. {folder}/unet/sparse/ema-checkpoint or {folder}/vae")
+    model = from_pretrained(folder)
+    count = sum(int(np.prod(link_shape)) for link_shape in torch_key_shapes(model).values())
+    return f"{folder}: a model folder with a {type(model).__name__} of {count:,} parameters, {model.config}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="see3d-convert", description="Convert See3D UNet / VAE checkpoints between Flax (orbax) and torch (safetensors)."
+        prog="see3d-convert",
+        description=f"See3D model folders ({CONFIG_FILE} + {WEIGHTS_FILE}, torch names; both frameworks read and write "
+        "them): upgrade an old Flax folder, or check a folder.",
     )
-    sub = parser.add_subparsers(dest="direction", required=True)
-    to_torch = sub.add_parser("to-torch", help="Flax orbax checkpoint folder -> torch folder")
-    to_torch.add_argument("src", help="folder with config.json and params/ (orbax)")
-    to_torch.add_argument("dst", help="output folder (config.json + diffusion_pytorch_model.safetensors)")
-    to_flax = sub.add_parser("to-flax", help="torch folder or released See3D root -> Flax orbax checkpoint folder")
-    to_flax.add_argument("src", help="torch folder, or the released See3D root (then pass --variant)")
-    to_flax.add_argument("dst", help="output folder (config.json + params/)")
-    to_flax.add_argument("--variant", choices=UNET_VARIANTS + ("vae",), help="which model of a released root")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("upgrade", help=f"old Flax folder ({LEGACY_FLAX_WEIGHTS} or orbax {LEGACY_ORBAX_PARAMS}/) -> model folder")
+    up.add_argument("src", help=f"folder with {CONFIG_FILE} and {LEGACY_FLAX_WEIGHTS} or {LEGACY_ORBAX_PARAMS}/")
+    up.add_argument("dst", help=f"output model folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
+    check = sub.add_parser("check", help="load a model folder in Flax, checking every tensor name and shape")
+    check.add_argument("folder", help=f"a model folder ({CONFIG_FILE} + {WEIGHTS_FILE}), e.g. RUN/ema or a released unet/sparse/ema-checkpoint")
     args = parser.parse_args(argv)
     try:
-        if args.direction == "to-torch":
-            out = flax_to_torch(args.src, args.dst)
+        if args.command == "upgrade":
+            print(f"wrote {upgrade(args.src, args.dst)}")
         else:
-            out = torch_to_flax(args.src, args.dst, variant=args.variant)
+            print(describe(args.folder))
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"see3d-convert: error: {e}\n")
-    print(f"wrote {out}")
     return 0
 
 
 __all__ = [
     "ConversionError",
     "ParamLink",
-    "flax_to_torch",
+    "describe",
     "flax_to_torch_tensors",
-    "load_flax_checkpoint",
-    "load_torch_folder",
+    "from_pretrained",
+    "load_legacy_flax_folder",
     "load_torch_tensors",
     "main",
     "name_map",
-    "save_flax_checkpoint",
-    "save_torch_folder",
+    "save_pretrained",
+    "save_pretrained_params",
     "torch_key_shapes",
-    "torch_to_flax",
+    "upgrade",
 ]

@@ -3,10 +3,10 @@ same numpy protocol (`see3d_torch.generation.backends.MultiViewBackend`): images
 in [0, 1], masks [N, H, W] with 1 = known, the generated targets back as numpy.
 
 It never imports torch: the loop imports it through the `see3d` command, which picks a backend
-lazily. The model comes from a folder with `config.json` and either an orbax `params/`
-checkpoint (`see3d_jax.convert.save_flax_checkpoint`), the trainer's `WORKDIR/ema` export
-(`diffusion_flax_model.safetensors`, Flax layout) or torch-layout safetensors. Pixel-space models only, like the torch UNet
-backend; the context is zeros (the small models are trained without text/CLIP context).
+lazily. The model comes from a model folder (`see3d_jax.convert.from_pretrained`: config.json +
+diffusion_pytorch_model.safetensors, written by either framework, e.g. the trainer's
+`WORKDIR/ema`). Pixel-space models only, like the torch UNet backend; the context is zeros (the
+small models are trained without text/CLIP context).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-FLAX_WEIGHTS = "diffusion_flax_model.safetensors"  # see3d_jax.unet.WEIGHTS_FILE (the trainer's `WORKDIR/ema` export)
-
 
 class JaxSamplerBackend:
     """DDIM with the Eq. 20 condition (`see3d_jax.sampling.sample`), jitted per view count."""
@@ -26,16 +24,12 @@ class JaxSamplerBackend:
         import jax
 
         from see3d_jax import convert
+        from see3d_jax.unet import UNet
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"UNet config not found: {folder / 'config.json'}")
-        if (folder / convert.PARAMS_DIR).is_dir() or (folder / FLAX_WEIGHTS).is_file():  # orbax, or the trainer's export
-            self.model = convert.load_flax_checkpoint(folder)
-        elif any(folder.glob("*.safetensors")):
-            self.model = convert.load_torch_folder(folder)
-        else:
-            raise FileNotFoundError(f"{folder}: no orbax params/ folder and no *.safetensors weights")
+        self.model = convert.from_pretrained(folder)
+        if not isinstance(self.model, UNet):
+            raise ValueError(f"{folder}: holds a {type(self.model).__name__}, not a UNet")
         cfg = self.model.config
         if not cfg.pixel_space:
             raise ValueError(f"{folder}: a latent-space UNet; JaxSamplerBackend runs pixel-space models")

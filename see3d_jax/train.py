@@ -18,7 +18,8 @@ Runs resume from the latest orbax checkpoint in `WORKDIR/checkpoints` (model, op
 EMA, step and data iterator); SIGTERM (preemption) saves a checkpoint and exits cleanly (with
 several processes, at the next `log_every` step, where they agree on it).
 Logs go to `WORKDIR/log.jsonl` and TensorBoard (`WORKDIR/tensorboard`); at the end the EMA
-weights are exported to `WORKDIR/ema/` (`see3d_jax.unet.load_weights` reads them).
+weights are exported to `WORKDIR/ema/`, a model folder (config.json + diffusion_pytorch_model.safetensors,
+torch names) that `see3d_jax.convert.from_pretrained` and `see3d_torch`'s `MultiViewUNet.from_pretrained` read.
 
 On a CPU host, set `XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = 2x the cores)
 before starting: the batch is then split over N CPU devices whose programs XLA runs in
@@ -57,12 +58,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from see3d_core.diffusion import needs_pair_warps
 from see3d_jax import condition as cond
+from see3d_jax import convert
 from see3d_jax import schedules
 from see3d_jax.attention import resolve_implementation
 from see3d_jax.sharding import (activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, process_zero_copy,
                                 variable_logical_axes)
 from see3d_jax.train_config import TrainConfig, preset
-from see3d_jax.unet import UNet, attention_matmul_flops, forward_flops, initial_parameters, save_weights
+from see3d_jax.unet import UNet, attention_matmul_flops, forward_flops, initial_parameters
 from see3d_jax.vae import LatentEncoder
 
 # pixels [B, K, H, W, 3] -> scaled latents [B, K, h, w, C]: a `see3d_jax.vae.LatentEncoder`
@@ -347,16 +349,15 @@ def _is_remote(path: str) -> bool:
 
 def load_encoder(path: str, dtype: str = "float32") -> LatentEncoder:
     """The VAE encoder of a folder as a `LatentEncoder` (posterior mean x scaling factor,
-    computed in `dtype`: "float32" or "bfloat16"): a Flax checkpoint
-    (`see3d_jax.convert.save_flax_checkpoint`) or a diffusers/torch VAE folder (config.json +
-    diffusion_pytorch_model.safetensors)."""
-    from see3d_jax import convert
+    computed in `dtype`: "float32" or "bfloat16"): a model folder (config.json +
+    diffusion_pytorch_model.safetensors, as diffusers or `see3d_jax.convert.save_pretrained`
+    write it)."""
     from see3d_jax.vae import AutoencoderKL, latent_encoder
 
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"vae={path}: not a directory")
-    model = convert.load_flax_checkpoint(folder) if (folder / convert.PARAMS_DIR).is_dir() else convert.load_torch_folder(folder)
+    model = convert.from_pretrained(folder)
     if not isinstance(model, AutoencoderKL):
         raise ValueError(f"vae={path}: the folder holds a {type(model).__name__}, not a VAE")
     return latent_encoder(model, jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
@@ -506,7 +507,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
         if not preempted:
             ema = process_zero_copy(state["ema"])  # assembled from shards on process 0, not gathered on every host
             if process_index == 0:
-                save_weights(ema, config.unet, local_dir / "ema")
+                convert.save_pretrained_params(ema, config.unet, local_dir / "ema")
                 logger.write({"step": step, "event": "finished", "ema": str(local_dir / "ema")})
             if config.export_checkpoint:  # every process writes its own shards
                 export = export_checkpoint(f"{workdir.rstrip('/')}/export", state)

@@ -53,7 +53,7 @@ from PIL import Image
 
 from see3d_core.diffusion import DDIMConfig, num_sampler_steps
 from see3d_core.images import to_uint8
-from see3d_core.released_layout import CLIP_VISION_DIR, UNET_CONFIG, UNET_VARIANTS, UNET_WEIGHTS, released_unet_dir
+from see3d_core.released_layout import CLIP_VISION_DIR, CONFIG_FILE, UNET_VARIANTS, WEIGHTS_FILE, released_unet_dir
 from see3d_core.weights import RELEASED_SEE3D_REPO, WeightsError, resolve_weights, safetensors_header
 from see3d_torch.condition import RELEASED, ConditionConfig, resize_masks_nearest
 from see3d_torch.sampling import SamplerNoise, sample
@@ -114,11 +114,11 @@ def check_release_folder(root: str | Path, variant: str) -> Path:
         (root / "tokenizer", "tokenizer folder"),
         (root / "text_encoder" / "config.json", "text encoder config"),
         (root / "vae" / "config.json", "VAE config"),
-        (root / "vae" / UNET_WEIGHTS, "VAE weights"),
+        (root / "vae" / WEIGHTS_FILE, "VAE weights"),
         (root / CLIP_VISION_DIR / "config.json", "CLIP image encoder config"),
         (root / CLIP_VISION_DIR / "preprocessor_config.json", "CLIP preprocessor config"),
-        (released_unet_dir(root, variant) / UNET_CONFIG, f"UNet ({variant}) config"),
-        (released_unet_dir(root, variant) / UNET_WEIGHTS, f"UNet ({variant}) weights"),
+        (released_unet_dir(root, variant) / CONFIG_FILE, f"UNet ({variant}) config"),
+        (released_unet_dir(root, variant) / WEIGHTS_FILE, f"UNet ({variant}) weights"),
     ]
     for path, what in needed:
         _require(path, what)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from see3d_core.released_layout import UNET_CONFIG, UNET_WEIGHTS, read_unet_config
+from see3d_core.released_layout import CONFIG_FILE, WEIGHTS_FILE, model_folder_files, read_unet_config
 from see3d_core.unet_config import UNetConfig
 from see3d_core.weights import WeightsError, safetensors_header
 
@@ -278,30 +278,29 @@ class MultiViewUNet(nn.Module):
     # ------------------------------------------------------------------ files
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write `config.json` (UNetConfig fields) and `diffusion_pytorch_model.safetensors`."""
+        """Write the model folder (`see3d_core.released_layout`): `config.json` (UNetConfig
+        fields) and `WEIGHTS_FILE`, which `see3d_jax.convert.from_pretrained` reads too."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.config.save(folder / UNET_CONFIG)
+        self.config.save(folder / CONFIG_FILE)
         state = {k: t.detach().contiguous().cpu() for k, t in self.state_dict().items()}
-        save_file(state, str(folder / UNET_WEIGHTS))
+        save_file(state, str(folder / WEIGHTS_FILE))
         return folder
 
     @classmethod
     def from_pretrained(
         cls, folder: str | Path, torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> "MultiViewUNet":
-        """Load a folder with `config.json` (ours or the released MVDream-style one) and the
-        safetensors weights. Every key must match: missing, unexpected and mismatched keys are
-        reported by name."""
+        """Load a model folder with `config.json` (ours or the released MVDream-style one) and
+        `WEIGHTS_FILE`, written by either framework. Every key must match: missing, unexpected
+        and mismatched keys are reported by name; an old Flax folder gets the command that
+        converts it."""
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        config, camera_dim = read_unet_config(folder / UNET_CONFIG)
-        weights = folder / UNET_WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(f"UNet weights not found: {weights}")
+        config_path, weights = model_folder_files(folder)
+        config, camera_dim = read_unet_config(config_path)
         safetensors_header(weights)  # truncated / corrupt files are named before loading
         with torch.device("meta"):  # no second copy of the weights in memory
             model = cls(config, camera_dim=camera_dim)

@@ -118,14 +118,25 @@ def test_debug_raises_with_the_traceback(tmp_path, capsys):
 
 
 def test_checkpoint_format_is_detected_beside_the_released_layout(tmp_path):
-    from see3d_core.released_layout import detect_checkpoint_format
+    from see3d_core.released_layout import (CONFIG_FILE, LEGACY_FLAX_WEIGHTS, LEGACY_ORBAX_PARAMS, WEIGHTS_FILE,
+                                            LegacyCheckpointError, detect_checkpoint_format)
 
     (tmp_path / "released").mkdir()
     (tmp_path / "released" / "model_index.json").write_text("{}")
-    (tmp_path / "flax" / "params").mkdir(parents=True)
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "config.json").write_text("{}")
-    (tmp_path / "torch" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
-    assert [detect_checkpoint_format(tmp_path / k) for k in ("released", "flax", "torch")] == ["released", "flax", "torch_unet"]
-    with pytest.raises(ValueError, match="model_index.json"):
-        detect_checkpoint_format(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / CONFIG_FILE).write_text("{}")
+    (tmp_path / "model" / WEIGHTS_FILE).write_bytes(b"")
+    assert [detect_checkpoint_format(tmp_path / k) for k in ("released", "model")] == ["released", "model"]
+    (tmp_path / "orbax" / LEGACY_ORBAX_PARAMS).mkdir(parents=True)
+    (tmp_path / "flax").mkdir()
+    (tmp_path / "flax" / LEGACY_FLAX_WEIGHTS).write_bytes(b"")
+    for old, marker in (("orbax", LEGACY_ORBAX_PARAMS), ("flax", LEGACY_FLAX_WEIGHTS)):
+        with pytest.raises(LegacyCheckpointError) as info:
+            detect_checkpoint_format(tmp_path / old)
+        assert str(tmp_path / old / marker) in str(info.value) and f"see3d-convert upgrade {tmp_path / old}" in str(info.value)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / CONFIG_FILE).write_text("{}")
+    (tmp_path / "other" / "model.safetensors").write_bytes(b"")  # another weights name is no model folder
+    for folder in (tmp_path, tmp_path / "other"):
+        with pytest.raises(ValueError, match=f"model_index.json.*{WEIGHTS_FILE}"):
+            detect_checkpoint_format(folder)

@@ -1,5 +1,7 @@
-"""Flax <-> torch checkpoint conversion: explicit bijective name map, named validation errors,
-bit-exact round trip through files, and fp32 parity of the two UNets (tiny, small, sd21)."""
+"""The one model folder across frameworks: explicit bijective name map, named validation errors,
+a folder written by either framework loads in the other (bit-exact weights, equal outputs),
+legacy Flax folders refused with the upgrade command and upgraded by it, and fp32 parity of
+the two UNets (tiny, small, sd21)."""
 
 import json
 from pathlib import Path
@@ -13,6 +15,14 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from see3d_core import unet_config as uc  # noqa: E402
+from see3d_core.released_layout import (  # noqa: E402
+    CONFIG_FILE,
+    LEGACY_FLAX_WEIGHTS,
+    LEGACY_ORBAX_PARAMS,
+    WEIGHTS_FILE,
+    detect_checkpoint_format,
+    released_unet_dir,
+)
 from see3d_jax import convert  # noqa: E402
 from see3d_jax.unet import UNet  # noqa: E402
 from see3d_jax.vae import AutoencoderKL, VAEConfig  # noqa: E402
@@ -71,23 +81,111 @@ def test_name_map_is_bijective_complete_and_matches_torch_names():
 
 
 @pytest.mark.slow
-def test_round_trip_flax_torch_flax_is_bit_exact(tmp_path):
+def test_flax_folder_loads_in_torch_and_back_bit_exact(tmp_path):
     for name, model in (("unet", _flax_unet(uc.tiny())), ("vae", _flax_vae(VAEConfig.preset("tiny")))):
-        convert.save_flax_checkpoint(model, tmp_path / name / "flax")
-        assert convert.main(["to-torch", str(tmp_path / name / "flax"), str(tmp_path / name / "torch")]) == 0
-        assert convert.main(["to-flax", str(tmp_path / name / "torch"), str(tmp_path / name / "flax2")]) == 0
-        back = convert.load_flax_checkpoint(tmp_path / name / "flax2")
+        convert.save_pretrained(model, tmp_path / name)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+        assert detect_checkpoint_format(tmp_path / name) == "model"
+        back = convert.from_pretrained(tmp_path / name)
         assert type(back) is type(model) and back.config == model.config
         before, after = _flat_params(model), _flat_params(back)
         assert before.keys() == after.keys()
         for path in before:
             assert before[path].dtype == after[path].dtype
             np.testing.assert_array_equal(before[path], after[path], err_msg=str(path))
-    # the torch side loads what the converter wrote
-    assert MultiViewUNet.from_pretrained(tmp_path / "unet" / "torch").config == uc.tiny()
+    # the torch side loads what Flax wrote, weight for weight
+    torch_unet = MultiViewUNet.from_pretrained(tmp_path / "unet")
+    assert torch_unet.config == uc.tiny()
+    tensors = convert.flax_to_torch_tensors(_flax_unet(uc.tiny()))
+    for key, value in torch_unet.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), tensors[key], err_msg=key)
     from diffusers import AutoencoderKL as TorchAutoencoderKL
 
-    TorchAutoencoderKL.from_pretrained(tmp_path / "vae" / "torch")
+    TorchAutoencoderKL.from_pretrained(tmp_path / "vae")
+
+
+def _outputs(flax_model, torch_model, config, seed=0):
+    """Both UNets on one random input (2 samples, 3 views, 16 px), in the Flax layout."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 3, 16, 16, config.in_channels)).astype(np.float32)
+    t = np.array([17, 961])
+    ctx = rng.normal(size=(2, config.context_tokens, config.context_dim)).astype(np.float32)
+    flax_out = np.asarray(nnx.jit(lambda m, *a: m(*a))(flax_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx)))
+    with torch.no_grad():
+        torch_out = torch_model(torch.from_numpy(x.transpose(0, 1, 4, 2, 3)), torch.from_numpy(t), torch.from_numpy(ctx))
+    return flax_out, torch_out.numpy().transpose(0, 1, 3, 4, 2)
+
+
+def test_a_folder_from_either_framework_loads_in_the_other_with_equal_outputs(tmp_path):
+    config = uc.tiny()
+    flax_model = _flax_unet(config, seed=1)
+    convert.save_pretrained(flax_model, tmp_path / "from_flax")
+    torch.manual_seed(0)
+    torch_model = MultiViewUNet(config).eval()
+    for p in torch_model.parameters():  # no zero-initialised output layer: a non-trivial output
+        p.data.normal_(0, 0.2)
+    torch_model.save_pretrained(tmp_path / "from_torch")
+    pairs = {
+        "flax -> torch": (flax_model, MultiViewUNet.from_pretrained(tmp_path / "from_flax")),
+        "torch -> flax": (convert.from_pretrained(tmp_path / "from_torch"), torch_model),
+    }
+    for what, (f, t) in pairs.items():
+        flax_out, torch_out = _outputs(f, t, config)
+        assert np.abs(torch_out).max() > 0.1, what
+        np.testing.assert_allclose(flax_out, torch_out, atol=1e-4, rtol=0, err_msg=what)
+    # and a folder goes through the other framework and back unchanged, byte for byte
+    convert.save_pretrained(convert.from_pretrained(tmp_path / "from_torch"), tmp_path / "torch_flax")
+    MultiViewUNet.from_pretrained(tmp_path / "torch_flax").save_pretrained(tmp_path / "torch_flax_torch")
+    from safetensors.numpy import load_file
+
+    first, last = load_file(str(tmp_path / "from_torch" / WEIGHTS_FILE)), load_file(str(tmp_path / "torch_flax_torch" / WEIGHTS_FILE))
+    assert first.keys() == last.keys() and all(np.array_equal(first[k], last[k]) for k in first)
+
+
+def _legacy_folders(model, root):
+    """The two old Flax formats of `model`: the trainer's old `RUN/ema` (Flax names and layouts
+    in `diffusion_flax_model.safetensors`) and convert's old orbax `params/`."""
+    import orbax.checkpoint as ocp
+    from safetensors.numpy import save_file
+
+    flat = {".".join(map(str, path)): np.asarray(v) for path, v in _flat_params(model).items()}
+    (root / "ema").mkdir(parents=True)
+    model.config.save(root / "ema")
+    save_file(flat, str(root / "ema" / LEGACY_FLAX_WEIGHTS))
+    (root / "orbax").mkdir()
+    model.config.save(root / "orbax")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((root / "orbax" / LEGACY_ORBAX_PARAMS).absolute(), nnx.state(model, nnx.Param))
+    return root / "ema", root / "orbax"
+
+
+@pytest.mark.slow
+def test_legacy_flax_folders_are_refused_with_the_command_and_upgraded_by_it(tmp_path, capsys):
+    from see3d_core.released_layout import LegacyCheckpointError
+
+    model = _flax_unet(uc.tiny())
+    for old in _legacy_folders(model, tmp_path):
+        marker = old / (LEGACY_FLAX_WEIGHTS if old.name == "ema" else LEGACY_ORBAX_PARAMS)
+        for load in (detect_checkpoint_format, convert.from_pretrained, MultiViewUNet.from_pretrained):
+            with pytest.raises(LegacyCheckpointError) as info:
+                load(old)
+            assert str(marker) in str(info.value) and f"see3d-convert upgrade {old} NEW_FOLDER" in str(info.value)
+        assert convert.main(["upgrade", str(old), str(tmp_path / f"{old.name}_new")]) == 0
+        new = convert.from_pretrained(tmp_path / f"{old.name}_new")
+        before, after = _flat_params(model), _flat_params(new)
+        assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    with pytest.raises(FileNotFoundError, match="not a legacy Flax folder"):
+        convert.upgrade(tmp_path / "ema_new", tmp_path / "again")
+
+
+def test_check_command_describes_a_folder_and_names_problems(tmp_path, capsys):
+    convert.save_pretrained(_flax_unet(uc.tiny()), tmp_path / "unet")
+    assert convert.main(["check", str(tmp_path / "unet")]) == 0
+    assert "UNet of 249,555 parameters" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        convert.main(["check", str(tmp_path / "nothing")])
+    assert info.value.code == 2
+    assert "nothing" in capsys.readouterr().err
 
 
 def _parity(config, batch, views, size, atol=1e-4):
@@ -152,7 +250,7 @@ def test_validation_names_missing_unexpected_and_mismatched_keys():
     assert "input_blocks.0.0.weight: file (16, 9, 3, 3) vs model (16, 7, 3, 3)" in message
 
 
-def test_released_root_to_flax_drops_only_the_camera_embedding(tmp_path):
+def test_released_unet_folder_loads_in_flax_dropping_only_the_camera_embedding(tmp_path):
     from safetensors.torch import load_file, save_file
 
     config = uc.tiny().replace(in_channels=9, out_channels=4, pixel_space=False, model_channels=32, norm_num_groups=32,
@@ -167,23 +265,28 @@ def test_released_root_to_flax_drops_only_the_camera_embedding(tmp_path):
         "channel_mult": list(c.channel_mult), "num_head_channels": c.num_head_channels, "context_dim": c.context_dim, "camera_dim": 16,
     }))
     (tmp_path / "release" / "model_index.json").write_text("{}")
-    with pytest.raises(ValueError, match="variant"):
-        convert.torch_to_flax(tmp_path / "release", tmp_path / "flax")
-    convert.torch_to_flax(tmp_path / "release", tmp_path / "flax", variant="sparse")
-    model = convert.load_flax_checkpoint(tmp_path / "flax")
-    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    assert folder == released_unet_dir(tmp_path / "release", "sparse")
+    with pytest.raises(ValueError, match="released See3D root"):
+        convert.describe(tmp_path / "release")
+    model = convert.from_pretrained(folder)
+    state = load_file(str(folder / WEIGHTS_FILE))
     back = convert.flax_to_torch_tensors(model)
     assert set(state) - set(back) == {f"camera_embed.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
     for key, value in back.items():
         np.testing.assert_array_equal(value, state[key].numpy(), err_msg=key)
     state["camera_embed.0.weight"] = torch.zeros(3, 3)  # a wrong camera embedding is still reported
-    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file(state, str(folder / WEIGHTS_FILE))
     with pytest.raises(convert.ConversionError, match="camera_embed.0.weight"):
-        convert.load_torch_folder(folder)
+        convert.from_pretrained(folder)
 
 
 def test_cli_reports_missing_files(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(SystemExit) as info:
-        convert.main(["to-torch", str(tmp_path / "nothing"), str(tmp_path / "out")])
+        convert.main(["upgrade", str(tmp_path / "nothing"), str(tmp_path / "out")])
     assert info.value.code == 2
-    assert "nothing/config.json" in capsys.readouterr().err
+    assert "nothing: no diffusion_flax_model.safetensors" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / WEIGHTS_FILE).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="half/config.json"):
+        convert.from_pretrained(tmp_path / "half")

@@ -211,21 +211,34 @@ def test_jax_sampler_backend_reads_the_torch_folder(tiny_unet_folder):
         backend.generate(refs, targets, masks[:, :4])
 
 
-def test_trainer_export_runs_in_jax_and_is_refused_by_torch(tmp_path):
-    """The trainer's `WORKDIR/ema` (Flax layout) goes to the JAX backend; the torch backend
-    names the conversion command instead of misreading it."""
+def test_trainer_export_runs_in_both_frameworks_and_legacy_folders_name_the_upgrade(tmp_path):
+    """The trainer's `WORKDIR/ema` is a model folder: `auto` runs it in torch, `--backend jax`
+    in JAX. An old Flax-layout export is refused by both with the command that converts it."""
     jax = pytest.importorskip("jax")
     from flax import nnx
+    from safetensors.numpy import save_file
 
     from see3d_cli import main as cli
+    from see3d_core.released_layout import LEGACY_FLAX_WEIGHTS, LegacyCheckpointError
     from see3d_core.unet_config import tiny
+    from see3d_jax.convert import save_pretrained_params
     from see3d_jax.generation_backend import JaxSamplerBackend
-    from see3d_jax.unet import UNet, save_weights
+    from see3d_jax.unet import UNet
     from see3d_torch.generation.backends import TorchUNetBackend
 
     model = UNet(tiny(), seed=0)
-    save_weights(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))), tiny(), tmp_path / "ema")
-    backend = cli.load_backend("auto", str(tmp_path / "ema"), steps=2)
-    assert isinstance(backend, JaxSamplerBackend) and backend.image_size == (16, 16)
-    with pytest.raises(ValueError, match="see3d-convert to-torch"):
-        TorchUNetBackend(tmp_path / "ema")
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    save_pretrained_params(params, tiny(), tmp_path / "ema")
+    torch_backend = cli.load_backend("auto", str(tmp_path / "ema"), steps=2)
+    jax_backend = cli.load_backend("jax", str(tmp_path / "ema"), steps=2)
+    assert isinstance(torch_backend, TorchUNetBackend) and isinstance(jax_backend, JaxSamplerBackend)
+    assert torch_backend.image_size == jax_backend.image_size == (16, 16)
+
+    old = tmp_path / "old_ema"
+    old.mkdir()
+    tiny().save(old)
+    save_file({".".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))},
+              str(old / LEGACY_FLAX_WEIGHTS))
+    for load in (lambda f: cli.load_backend("auto", str(f)), TorchUNetBackend, JaxSamplerBackend):
+        with pytest.raises(LegacyCheckpointError, match=f"see3d-convert upgrade {old} NEW_FOLDER"):
+            load(old)

@@ -85,3 +85,16 @@ def test_import_boundary_in_the_source_function_level_included(package):
 def test_constraints_pin_torch():
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     assert "PIP_CONSTRAINT" in (ROOT / "Makefile").read_text()
+
+
+def test_the_demo_checkpoint_is_package_data():
+    """An installed kit finds the embedded demo model: pyproject's package-data patterns cover
+    every file of the one model folder in see3d_core."""
+    from see3d_core.released_layout import CONFIG_FILE, DEMO_CHECKPOINT, WEIGHTS_FILE
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["see3d_core"]
+    package = ROOT / "see3d_core"
+    assert DEMO_CHECKPOINT.parent.parent == package
+    files = sorted(p.relative_to(package) for p in DEMO_CHECKPOINT.iterdir())
+    assert [f.name for f in files] == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert all(any(f.match(pattern) for pattern in patterns) for f in files), (files, patterns)

@@ -155,7 +155,9 @@ def test_kill_and_resume_equals_uninterrupted_run(env, clips, tmp_path):
     assert data_a == data_b  # and the data iterator
     from safetensors.numpy import load_file
 
-    ema_a, ema_b = load_file(str(tmp_path / "full/ema/diffusion_flax_model.safetensors")), load_file(str(run / "ema/diffusion_flax_model.safetensors"))
+    from see3d_core.released_layout import WEIGHTS_FILE
+
+    ema_a, ema_b = load_file(str(tmp_path / "full/ema" / WEIGHTS_FILE)), load_file(str(run / "ema" / WEIGHTS_FILE))
     assert ema_a.keys() == ema_b.keys() and all(np.array_equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 

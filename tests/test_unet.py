@@ -8,7 +8,8 @@ from flax import nnx
 
 from see3d_core import unet_config
 from see3d_core.unet_config import UNetConfig
-from see3d_jax.unet import UNet, count_parameters, forward_flops, load_weights, save_weights, timestep_embedding
+from see3d_jax.convert import from_pretrained, save_pretrained_params
+from see3d_jax.unet import UNet, count_parameters, forward_flops, timestep_embedding
 
 TINY = unet_config.tiny()
 # one compiled program per model shape instead of hundreds of eagerly dispatched ops
@@ -103,17 +104,17 @@ def test_timestep_embedding_is_cos_then_sin():
 
 def test_weights_round_trip(tiny_model, tmp_path):
     params = nnx.to_pure_dict(nnx.state(tiny_model, nnx.Param))
-    save_weights(jax.device_get(params), TINY, tmp_path)
+    save_pretrained_params(jax.device_get(params), TINY, tmp_path)
     assert UNetConfig.load(tmp_path) == TINY
-    loaded = load_weights(tmp_path)
+    loaded = from_pretrained(tmp_path)
     x, t, ctx = _inputs()
     np.testing.assert_array_equal(np.asarray(apply(loaded, x, t, ctx)), np.asarray(apply(tiny_model, x, t, ctx)))
     small = unet_config.small()
     small.save(tmp_path)
     with pytest.raises(ValueError, match="missing"):
-        load_weights(tmp_path)
-    with pytest.raises(FileNotFoundError, match="weights"):
-        load_weights(tmp_path / "nowhere")
+        from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config"):
+        from_pretrained(tmp_path / "nowhere")
 
 
 def test_analytic_flops_match_xla_and_the_sd21_anchors():

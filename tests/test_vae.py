@@ -7,7 +7,7 @@ import torch
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from see3d_jax.convert import load_torch_folder  # noqa: E402
+from see3d_jax.convert import from_pretrained  # noqa: E402
 from see3d_jax.vae import AutoencoderKL, VAEConfig  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def _diffusers_vae(config: VAEConfig, folder):
 def test_encode_decode_match_diffusers(preset, size, tmp_path):
     config = VAEConfig.preset(preset)
     reference = _diffusers_vae(config, tmp_path)
-    flax_vae = load_torch_folder(tmp_path)
+    flax_vae = from_pretrained(tmp_path)
     assert isinstance(flax_vae, AutoencoderKL) and flax_vae.config == config
     images = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
     with torch.no_grad():

@@ -104,13 +104,9 @@ class WarpOnlyBackend:
         return np.stack(out).astype(np.float32) if out else np.zeros_like(target_images)
 
 
-def _missing(what: str, path: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{what} not found: {path}")
-
-
 class TorchUNetBackend:
-    """A pixel-space multi-view UNet folder in torch (`config.json` + safetensors, as
-    `see3d_torch.unet.MultiViewUNet.save_pretrained` or `see3d-convert` write it), sampled
+    """A pixel-space multi-view UNet model folder in torch (`config.json` + safetensors, as
+    either framework's `save_pretrained` or the trainer's `RUN/ema` export write it), sampled
     with DDIM and the inference condition of Eq. 20 (`see3d_torch.sampling.sample`).
 
     Pixels enter in [-1, 1]; holes are black (-1) in the condition, as in training. The
@@ -125,11 +121,6 @@ class TorchUNetBackend:
         from see3d_torch.unet import MultiViewUNet
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise _missing("UNet config", folder / "config.json")
-        if (folder / "diffusion_flax_model.safetensors").is_file():
-            raise ValueError(f"{folder}: Flax-layout weights (the trainer's export); convert them with "
-                             f"`see3d-convert to-torch {folder} TORCH_DIR`, or run them with the JAX backend")
         self.unet = MultiViewUNet.from_pretrained(folder, device=device).to(device)
         cfg = self.unet.config
         if not cfg.pixel_space:

@@ -28,12 +28,14 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "small_pixel_torch"
+# the embedded small model: one model folder in see3d_core, read by both frameworks
+from see3d_core.released_layout import DEMO_CHECKPOINT as DEFAULT_CHECKPOINT
+
 CHECKPOINT_COMMAND = ("see3d dataset --out DATA --scenes 800 --frames 8 --size 64 --seed 1, then "
                       "see3d pair-warps DATA --size 32, then XLA_FLAGS=--xla_force_host_platform_device_count=4 "
                       "python -m see3d_jax.train --config small --data DATA --workdir RUN time_limit_minutes=28 "
                       "condition.variant=posed_warp condition.max_references=2, then "
-                      "see3d-convert to-torch RUN/ema see3d_torch/assets/small_pixel_torch (README: 'The demo')")
+                      "cp RUN/ema/* see3d_core/assets/small_pixel/ (README: 'The demo')")
 MODEL = "see3d-small"
 BASELINE = "warp-only"
 
