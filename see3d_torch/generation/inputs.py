@@ -7,9 +7,10 @@ trajectory to generate along.
   image, in the order given), or estimated here by one of `CAMERA_METHODS`:
   `two_view` (OpenCV): SIFT matches, the essential matrix between the first two views, points
   triangulated from them, and every further view registered by PnP on those points;
-  `colmap` (pycolmap, the `colmap` extra): incremental structure from motion over all pairs.
-  Both return the first camera at the world origin and the first two centres one unit apart,
-  with the intrinsics of the assumed field of view, so either can stand in for the other.
+  `colmap` (pycolmap, the `colmap` extra, through `see3d_torch.splatting.colmap.run_sfm`):
+  incremental structure from motion over all pairs, with the focal length searched from the
+  assumed field of view (3+ images). Both return the first camera at the world origin and the
+  first two centres one unit apart, so either can stand in for the other.
 - Trajectories by name, relative to the first input camera and a focus distance (the median
   depth of the first view): `orbit` (+-30 degrees around the focus point), `forward` (dolly
   by half the focus distance), `spiral` (LLFF-style), `interpolate` (through the input
@@ -18,10 +19,9 @@ trajectory to generate along.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +31,9 @@ from see3d_torch.features import ratio_matches, sift_features
 
 from see3d_core import trajectories
 from see3d_core.cameras import Camera, intrinsics_from_fov, invert_pose
+
+if TYPE_CHECKING:
+    from see3d_torch.splatting.colmap import SparseModel
 
 TRAJECTORY_NAMES = ("orbit", "forward", "spiral", "interpolate")
 CAMERA_METHODS = ("two_view", "colmap")
@@ -89,10 +92,11 @@ def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, meth
     `CAMERA_METHODS`, see the module docstring).
 
     The first camera is the world origin and the first two centres are one unit apart. All
-    images share the intrinsics of `fov_x_deg` (few views with short baselines do not pin the
-    focal length down, so neither method refines it). `min_matches` is the two-view method's
-    minimum of SIFT matches between the first two images. Raises ValueError naming the images
-    that could not be registered: try the other method or pass cameras in a JSON file then."""
+    images share one pinhole camera with the principal point at the centre: `two_view` keeps the
+    focal length of `fov_x_deg`, `colmap` searches it from there for 3+ images (see
+    `_colmap_cameras`). `min_matches` is the two-view method's minimum of SIFT matches between
+    the first two images. Raises ValueError naming the images that could not be registered:
+    try the other method or pass cameras in a JSON file then."""
     if method not in CAMERA_METHODS:
         raise ValueError(f"camera estimation method must be one of {', '.join(CAMERA_METHODS)}; got {method!r}")
     if len(images) < 2:
@@ -100,9 +104,12 @@ def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, meth
     h, w = images[0].shape[:2]
     if any(img.shape[:2] != (h, w) for img in images):
         raise ValueError("estimating cameras needs images of one size; resize them first")
-    K = intrinsics_from_fov(fov_x_deg, w, h)
-    c2ws = _two_view_c2ws(images, K, min_matches) if method == "two_view" else _colmap_c2ws(images, K)
-    return [Camera(K, c2w, w, h) for c2w in _anchored_to_first_pair(c2ws)]
+    if method == "two_view":
+        K = intrinsics_from_fov(fov_x_deg, w, h)
+        cameras = [Camera(K, c2w, w, h) for c2w in _two_view_c2ws(images, K, min_matches)]
+    else:
+        cameras = _colmap_cameras(images, fov_x_deg)
+    return [Camera(cam.K, c2w, w, h) for cam, c2w in zip(cameras, _anchored_to_first_pair([c.c2w for c in cameras]))]
 
 
 def _anchored_to_first_pair(c2ws: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -165,69 +172,84 @@ def _two_view_c2ws(images: Sequence[np.ndarray], K: np.ndarray, min_matches: int
     return c2ws
 
 
-def _import_pycolmap():
-    try:
-        import pycolmap
-    except ImportError as err:
-        raise ImportError("camera estimation method 'colmap' needs pycolmap: pip install 'see3d-kit[colmap]'") from err
-    if int(pycolmap.__version__.split(".")[0]) < 4:
-        raise ImportError(f"camera estimation method 'colmap' needs pycolmap >= 4 (its API changed), found "
-                          f"{pycolmap.__version__}: pip install 'see3d-kit[colmap]'")
-    return pycolmap
+# the colmap method's focal search: fixed-focal SfM at focal lengths a factor FOCAL_STEP apart
+# around the assumed one, then twice at half the step on either side of the best so far (the
+# last step: 4.4%)
+FOCAL_STEP = 2 ** 0.25
+FOCAL_STEPS = 3  # on each side: focal lengths from 0.59x to 1.68x the assumed one
+# degenerate models keep a subset of the points and fit it well: measured at 51-60% of the most
+# points any candidate kept, candidates near the true focal within 3% of it
+MIN_POINT_SHARE = 0.8
+# reprojection errors this close (relative) are a tie, won by the focal nearest the assumed one:
+# neighbouring candidates 4.4% apart differed by 1% at and around the true focal (noise)
+ERROR_TIE = 0.03
 
 
-def _colmap_c2ws(images: Sequence[np.ndarray], K: np.ndarray, seed: int = 0) -> list[np.ndarray]:
-    """Incremental SfM (pycolmap, CPU, one thread, fixed seed) on the images written to a
-    temporary folder; one shared SIMPLE_PINHOLE camera held at `K`."""
-    pycolmap = _import_pycolmap()
+def _colmap_cameras(images: Sequence[np.ndarray], fov_x_deg: float, seed: int = 0) -> list[Camera]:
+    """Incremental SfM (`see3d_torch.splatting.colmap.run_sfm`, one shared SIMPLE_PINHOLE camera,
+    principal point at the centre) on the images written to a temporary folder, with the focal
+    length searched rather than left to bundle adjustment: on 3-6 views along a short path the
+    focal is a nearly flat direction of the reprojection error, and COLMAP's refinement wandered
+    along it (measured on 5-view, 30-degree synthetic orbits at 200 px: started at the true
+    focal, 2-7% off with up to 5 degrees of rotation error; started 25% off, up to 100% off). Each candidate is posed with its focal held fixed and scored by its mean
+    reprojection error; candidates that pose fewer images, or markedly fewer points than the
+    best-populated one (`MIN_POINT_SHARE`: degenerate models fit the few points they keep
+    well), do not compete. Two images cannot tell the focal apart: they keep `fov_x_deg`."""
+    from see3d_torch.splatting import colmap
+
+    colmap.import_pycolmap()
     names = [f"{k:03d}.png" for k in range(len(images))]
-    # progress and COLMAP's own failure lines off: a failure is raised below with the image names
-    log_level, pycolmap.logging.minloglevel = pycolmap.logging.minloglevel, int(pycolmap.logging.FATAL)
-    try:
-        with tempfile.TemporaryDirectory(prefix="see3d_colmap_") as tmp:
-            image_dir, database = Path(tmp) / "images", Path(tmp) / "database.db"
-            image_dir.mkdir()
-            for name, img in zip(names, images):
-                write_png(image_dir / name, img)
-            # COLMAP puts pixel centres at +0.5, the kit at integers
-            reader = pycolmap.ImageReaderOptions(camera_model="SIMPLE_PINHOLE",
-                                                 camera_params=f"{K[0, 0]:.17g},{K[0, 2] + 0.5:.17g},{K[1, 2] + 0.5:.17g}")
-            pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                      reader_options=reader,
-                                      extraction_options=pycolmap.FeatureExtractionOptions(num_threads=1, use_gpu=False),
-                                      device=pycolmap.Device.cpu)
-            verification = pycolmap.TwoViewGeometryOptions()
-            verification.ransac.random_seed = seed
-            pycolmap.match_exhaustive(database, matching_options=pycolmap.FeatureMatchingOptions(num_threads=1, use_gpu=False),
-                                      verification_options=verification, device=pycolmap.Device.cpu)
-            options = pycolmap.IncrementalPipelineOptions(
-                num_threads=1, random_seed=seed, multiple_models=False, min_model_size=2, extract_colors=False,
-                ba_refine_focal_length=False, ba_refine_principal_point=False, ba_refine_extra_params=False)
-            # few small images along a short path (measured on 3 synthetic scenes, 3-6 views,
-            # 160-240 px): COLMAP's initial-pair defaults (16 degrees, 100 inliers) converged to
-            # wrong reconstructions (4-22 degrees off) in 8 of 15 runs, and its 4 px point filter
-            # still let scene 1 go wrong; with these, 18 of 18 runs (2-6 views) were within 0.6
-            # degrees
-            options.mapper.init_min_tri_angle = 4.0
-            options.mapper.init_min_num_inliers = 50
-            options.mapper.filter_max_reproj_error = 2.0
-            # two images only have two-view tracks: ignoring them discards every initial pair
-            options.triangulation.ignore_two_view_tracks = False
-            models = pycolmap.incremental_mapping(database, image_dir, Path(tmp) / "sparse", options=options)
-    finally:
-        pycolmap.logging.minloglevel = log_level
-    best = max(models.values(), key=lambda m: m.num_reg_images(), default=None)
-    c2w_by_name = {}
-    for image_id in best.reg_image_ids() if best is not None else []:
-        image = best.image(image_id)
-        w2c = np.eye(4)
-        w2c[:3] = image.cam_from_world().matrix()
-        c2w_by_name[image.name] = invert_pose(w2c)
-    missing = [k for k, name in enumerate(names) if name not in c2w_by_name]
-    if missing:
-        raise ValueError(f"pycolmap registered {len(images) - len(missing)} of {len(images)} input images; not registered: "
-                         f"{', '.join(f'input image {k}' for k in missing)}; try --camera-method two_view or pass --cameras")
-    return [c2w_by_name[name] for name in names]
+    focal = 0.5 * images[0].shape[1] / np.tan(np.deg2rad(fov_x_deg) / 2)
+    with tempfile.TemporaryDirectory(prefix="see3d_colmap_") as tmp:
+        image_dir = Path(tmp) / "images"
+        image_dir.mkdir()
+        for name, img in zip(names, images):
+            write_png(image_dir / name, img)
+        posed: dict[float, SparseModel] = {}
+        failures: dict[float, colmap.SfMError] = {}
+
+        def pose(log_focal: float) -> None:
+            fov = float(np.rad2deg(2 * np.arctan(0.5 * images[0].shape[1] / (focal * np.exp(log_focal)))))
+            # the options measured for few small views (3 synthetic scenes, 3-6 views, 160-240 px):
+            # COLMAP's initial-pair defaults converged to wrong reconstructions (4-22 degrees off) in
+            # 8 of 15 runs; SfMConfig's relaxed ones were within 0.6 degrees in 18 of 18
+            config = colmap.SfMConfig(initial_fov_deg=fov, refine_focal_length=False, min_images=2, min_registered_fraction=1.0,
+                                      ignore_two_view_tracks=False, seed=seed)
+            try:
+                posed[log_focal] = colmap.run_sfm(image_dir, Path(tmp) / f"sfm{len(posed) + len(failures)}", config)
+            except colmap.SfMError as err:
+                failures[log_focal] = err
+
+        pose(0.0)
+        if len(images) > 2:
+            step = np.log(FOCAL_STEP)
+            for k in range(1, FOCAL_STEPS + 1):
+                pose(k * step)
+                pose(-k * step)
+            for fine in (step / 2, step / 4):  # then halved steps around the best so far
+                if posed:
+                    best = _best_focal(posed)
+                    pose(best - fine)
+                    pose(best + fine)
+        if not posed:
+            # the candidate that posed the most images (the assumed focal first) names the others
+            err = max(failures.values(), key=lambda e: len(e.registered))
+            missing = [k for k, name in enumerate(names) if name not in set(err.registered)]
+            raise ValueError(f"pycolmap registered {len(images) - len(missing)} of {len(images)} input images; not registered: "
+                             f"{', '.join(f'input image {k}' for k in missing)}; try --camera-method two_view or pass --cameras")
+        model = posed[_best_focal(posed)]
+    by_name = dict(zip(model.image_names, model.cameras))
+    return [by_name[name] for name in names]
+
+
+def _best_focal(posed: dict[float, SparseModel]) -> float:
+    """The log focal (relative to the assumed one) of the posed model with the lowest mean
+    reprojection error among those with at least `MIN_POINT_SHARE` of the points of the
+    best-populated one; ties (`ERROR_TIE`) go to the focal nearest the assumed one."""
+    most = max(len(m.points) for m in posed.values())
+    fair = [f for f, m in posed.items() if len(m.points) >= MIN_POINT_SHARE * most]
+    lowest = min(posed[f].reprojection_error for f in fair)
+    return min((f for f in fair if posed[f].reprojection_error <= (1 + ERROR_TIE) * lowest), key=abs)
 
 
 def build_trajectory(name: str, inputs: Sequence[Camera], focus_distance: float, num_views: int) -> list[Camera]:

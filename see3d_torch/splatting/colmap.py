@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -27,7 +28,12 @@ PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 
 
 class SfMError(ValueError):
-    """Structure from motion could not pose enough of the images."""
+    """Structure from motion could not pose enough of the images; `registered` and `missing`
+    hold the image names, so a caller can name them in its own terms."""
+
+    def __init__(self, message: str, registered: Sequence[str] = (), missing: Sequence[str] = ()):
+        super().__init__(message)
+        self.registered, self.missing = list(registered), list(missing)
 
 
 def import_pycolmap():
@@ -50,6 +56,7 @@ class SparseModel:
     points: np.ndarray  # [N, 3] float64, world coordinates
     point_colors: np.ndarray  # [N, 3] float32 in [0, 1]
     model_dir: Path
+    reprojection_error: float = float("nan")  # mean over the points' observations, pixels
 
     def rescaled(self, sizes: dict[str, tuple[int, int]]) -> "SparseModel":
         """The cameras rescaled to the (width, height) of each named image, e.g. when the
@@ -111,7 +118,8 @@ def read_colmap_model(model_dir: str | os.PathLike) -> SparseModel:
     points3d = list(reconstruction.points3D.values())
     points = np.array([p.xyz for p in points3d], dtype=np.float64).reshape(-1, 3)
     colors = np.array([p.color for p in points3d], dtype=np.float32).reshape(-1, 3) / 255.0
-    return SparseModel([im.name for im in images], cameras, points, colors, model_dir)
+    return SparseModel([im.name for im in images], cameras, points, colors, model_dir,
+                       float(reconstruction.compute_mean_reprojection_error()))
 
 
 def undistort_colmap_workspace(model_dir: Path, image_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -152,6 +160,10 @@ class SfMConfig:
     abs_pose_min_num_inliers: int = 15  # (COLMAP: 30)
     filter_max_reproj_error: float = 2.0  # pixels (COLMAP: 4)
     min_registered_fraction: float = 0.5  # fewer registered images is an SfMError
+    min_images: int = 3  # fewest images SfM runs on and smallest model it keeps (2: an image pair)
+    # COLMAP triangulates points seen by two images only when the other tracks are too few; with
+    # two images or a handful of them there are no others (the generation path's sparse views)
+    ignore_two_view_tracks: bool = True
     num_threads: int = 1
     seed: int = 0
 
@@ -164,6 +176,8 @@ class SfMConfig:
             raise ValueError(f"SfMConfig.initial_fov_deg must be in (0, 180), got {self.initial_fov_deg}")
         if not 0.0 <= self.min_registered_fraction <= 1.0:
             raise ValueError(f"SfMConfig.min_registered_fraction must be in [0, 1], got {self.min_registered_fraction}")
+        if self.min_images < 2:
+            raise ValueError(f"SfMConfig.min_images must be >= 2, got {self.min_images}")
 
 
 def run_sfm(image_dir: str | os.PathLike, workspace: str | os.PathLike, config: SfMConfig | None = None) -> SparseModel:
@@ -174,8 +188,9 @@ def run_sfm(image_dir: str | os.PathLike, workspace: str | os.PathLike, config: 
     config = config or SfMConfig()
     image_dir, workspace = Path(image_dir), Path(workspace)
     names = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if len(names) < 3:
-        raise SfMError(f"{image_dir}: structure from motion needs at least 3 images, found {len(names)}")
+    if len(names) < config.min_images:
+        raise SfMError(f"{image_dir}: structure from motion needs at least {config.min_images} images, found {len(names)}",
+                       missing=names)
     import cv2
 
     first = cv2.imread(str(image_dir / names[0]), cv2.IMREAD_UNCHANGED)
@@ -207,13 +222,14 @@ def run_sfm(image_dir: str | os.PathLike, workspace: str | os.PathLike, config: 
             pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
                                       device=pycolmap.Device.cpu)
         options = pycolmap.IncrementalPipelineOptions(
-            num_threads=config.num_threads, random_seed=config.seed, multiple_models=False, min_model_size=3,
+            num_threads=config.num_threads, random_seed=config.seed, multiple_models=False, min_model_size=config.min_images,
             extract_colors=True, ba_refine_focal_length=config.refine_focal_length,
             ba_refine_principal_point=config.refine_principal_point, ba_refine_extra_params=False)
         options.mapper.init_min_tri_angle = config.init_min_tri_angle
         options.mapper.init_min_num_inliers = config.init_min_num_inliers
         options.mapper.abs_pose_min_num_inliers = config.abs_pose_min_num_inliers
         options.mapper.filter_max_reproj_error = config.filter_max_reproj_error
+        options.triangulation.ignore_two_view_tracks = config.ignore_two_view_tracks
         if sparse.exists():
             import shutil
 
@@ -237,9 +253,9 @@ def run_sfm(image_dir: str | os.PathLike, workspace: str | os.PathLike, config: 
             os.replace(sparse / str(best_index), sparse / "0")
         best.write(sparse / "0")
     missing = [n for n in names if n not in registered]
-    if len(registered) < max(3, config.min_registered_fraction * len(names)):
+    if len(registered) < max(config.min_images, config.min_registered_fraction * len(names)):
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise SfMError(f"{image_dir}: structure from motion registered {len(registered)} of {len(names)} images "
                        f"(need {config.min_registered_fraction:.0%}); not registered: {shown}. The views may overlap "
-                       "too little, or the camera may not move")
+                       "too little, or the camera may not move", sorted(registered), missing)
     return read_colmap_model(sparse / "0")
