@@ -40,6 +40,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from see3d_core.dataclass_json import from_json_dict, to_json_dict
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -111,18 +113,12 @@ class UNetConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - {"_class_name", "architecture"})
-        if unknown:
-            raise ValueError(f"{source}: unknown UNetConfig fields {unknown} (known: {sorted(known)})")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The fields of `to_dict`; `_class_name` and `architecture` (format markers) are ignored."""
+        return from_json_dict(cls, d, source, ignore=("_class_name", "architecture"))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `config.json` (into `path` if it is a directory)."""

@@ -13,6 +13,7 @@ import json
 from typing import Any, Sequence
 
 from see3d_core import unet_config
+from see3d_core.dataclass_json import from_json_dict, to_json_dict
 from see3d_core.diffusion import ConditionConfig
 from see3d_core.unet_config import UNetConfig
 from see3d_jax.attention import check_implementation
@@ -96,19 +97,11 @@ class TrainConfig:
         return self.unet.sample_size if self.unet.pixel_space else 8 * self.unet.sample_size
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["unet"] = self.unet.to_dict()
-        d["sharding_rules"] = [list(r) for r in self.sharding_rules]
-        return d
+        return to_json_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["unet"] = UNetConfig.from_dict(d.get("unet", {}), source="train config 'unet'")
-        d["condition"] = ConditionConfig(**d.get("condition", {}))
-        if "sharding_rules" in d:
-            d["sharding_rules"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in d["sharding_rules"])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "train config") -> "TrainConfig":
+        return from_json_dict(cls, d, source)
 
 
 def tiny() -> TrainConfig:

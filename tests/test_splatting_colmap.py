@@ -10,6 +10,7 @@ import pytest
 
 from see3d_core import synthetic, trajectories
 from see3d_core.cameras import Camera, intrinsics_matrix, rotation_angle_deg, scale_intrinsics, similarity_aligned
+from see3d_core.images import to_uint8, write_png
 from see3d_core.videos import write_mp4
 from see3d_torch.splatting import Gaussians, reconstruct
 from see3d_torch.splatting.capture import load_capture, read_video_frames
@@ -17,14 +18,6 @@ from see3d_torch.splatting.cli import main as reconstruct_main
 from see3d_torch.splatting.gaussians import nearest_neighbour_radii
 
 pycolmap = pytest.importorskip("pycolmap", reason="the 'colmap' extra is not installed")
-
-
-def _write_png(path, rgb):
-    cv2.imwrite(str(path), cv2.cvtColor((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
-
-
-def _uint8(rgb):
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +42,9 @@ def _write_workspace(root, cameras, images, models, points, colors, text=False):
         name = f"view_{i:02d}.png"
         reconstruction.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=i + 1, image_id=i + 1),
                                                     pycolmap.Rigid3d(cam.w2c[:3]))
-        _write_png(root / "images" / name, image)
+        write_png(root / "images" / name, image)
     for p, c in zip(points, colors):
-        reconstruction.add_point3D(p, pycolmap.Track(), _uint8(c))
+        reconstruction.add_point3D(p, pycolmap.Track(), to_uint8(c))
     (reconstruction.write_text if text else reconstruction.write)(root / "sparse" / "0")
 
 
@@ -77,7 +70,7 @@ def test_colmap_workspace_round_trip(orbit, tmp_path, text):
     got_order = np.lexsort(capture.points.T)
     np.testing.assert_allclose(capture.points[got_order], points[order], atol=1e-12)
     np.testing.assert_allclose(capture.point_colors[got_order], colors[order], atol=1e-7)
-    np.testing.assert_allclose(capture.images[3], _uint8(images[3]) / 255.0, atol=1e-7)
+    np.testing.assert_allclose(capture.images[3], to_uint8(images[3]) / 255.0, atol=1e-7)
     # a world point lands on the same pixel through COLMAP's own projection (+0.5 centres)
     world_point = scene.extent * np.array([0.05, -0.1, 0.3])
     uv_kit, _ = capture.cameras[5].project(world_point)
@@ -143,7 +136,7 @@ def test_structure_from_motion_recovers_a_synthetic_orbit(orbit, tmp_path):
     _, cameras, images = orbit
     (tmp_path / "photos").mkdir()
     for i, image in enumerate(images):
-        _write_png(tmp_path / "photos" / f"IMG_{i:04d}.png", image)
+        write_png(tmp_path / "photos" / f"IMG_{i:04d}.png", image)
     capture = load_capture(tmp_path / "photos", workspace=tmp_path / "ws")
     assert capture.source == "sfm" and len(capture.cameras) == 8
     assert (tmp_path / "ws" / "sparse" / "0" / "cameras.bin").is_file() and (tmp_path / "ws" / "database.db").is_file()
@@ -218,14 +211,14 @@ def test_bad_capture_inputs_are_named(orbit, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"video not found: .*missing.mp4"):
         read_video_frames(tmp_path / "missing.mp4")
     short = tmp_path / "short.mp4"
-    write_mp4(short, np.stack([_uint8(images[0])] * 2), fps=10)
+    write_mp4(short, np.stack([to_uint8(images[0])] * 2), fps=10)
     with pytest.raises(ValueError, match=r"structure from motion needs at least 3 frames, got 2"):
         load_capture(short, workspace=tmp_path / "ws_short")
     # views that share nothing: SfM cannot register them and says which
     rng = np.random.default_rng(0)
     (tmp_path / "noise").mkdir()
     for i in range(4):
-        _write_png(tmp_path / "noise" / f"n{i}.png", cv2.GaussianBlur(rng.uniform(0, 1, (96, 96, 3)), (0, 0), 1.0))
+        write_png(tmp_path / "noise" / f"n{i}.png", cv2.GaussianBlur(rng.uniform(0, 1, (96, 96, 3)), (0, 0), 1.0))
     with pytest.raises(ValueError, match=r"structure from motion registered \d of 4 images \(need 50%\); not registered: frame_"):
         load_capture(tmp_path / "noise", workspace=tmp_path / "ws_noise")
     with pytest.raises(ValueError, match="needs a workspace folder"):
@@ -240,7 +233,7 @@ def test_see3d_reconstruct_from_a_video(orbit, tmp_path, capsys):
     video = tmp_path / "orbit.mp4"
     # 16 frames, of which --max-frames 8 are used (every other one)
     dense = synthetic.default_orbit(orbit[0], 15, 160, 160, azimuth_deg=(-30, 30), fov_x_deg=45.0)
-    write_mp4(video, np.stack([_uint8(synthetic.render(orbit[0], c).rgb) for c in dense]), fps=10)
+    write_mp4(video, np.stack([to_uint8(synthetic.render(orbit[0], c).rgb) for c in dense]), fps=10)
     out = tmp_path / "out"
     code = reconstruct_main([str(video), "--out", str(out), "--max-frames", "8", "--steps", "20", "--holdout-every", "4",
                              "--lpips-weight", "0", "--video-frames", "0", "--mesh-resolution", "0", "--threads", "1"])

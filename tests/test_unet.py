@@ -139,7 +139,7 @@ def test_config_round_trip_and_validation(tmp_path):
         UNetConfig(model_channels=48)
     with pytest.raises(ValueError, match="prediction_type"):
         UNetConfig(prediction_type="x")
-    with pytest.raises(ValueError, match="unknown UNetConfig fields"):
+    with pytest.raises(ValueError, match=r"unknown UNetConfig field\(s\) \[.channels.\]"):
         UNetConfig.from_dict({"channels": 3})
     with pytest.raises(ValueError, match="unknown UNet preset"):
         unet_config.preset("huge")

@@ -24,6 +24,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from see3d_core.dataclass_json import from_json_dict, to_json_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class DownsampleConfig:
@@ -170,22 +172,12 @@ class CurationConfig:
     seed: int = 0  # seeds the random correspondence samples (decisions are reproducible)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "CurationConfig":
-        if not isinstance(raw, dict):
-            raise ValueError(f"{source}: expected a table of sections {sorted(SECTIONS)}")
-        unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
-        if unknown:
-            raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(SECTIONS)} or 'seed'")
-        parts = {}
-        for name, section_cls in SECTIONS.items():
-            values = raw.get(name, {})
-            if not isinstance(values, dict):
-                raise ValueError(f"{source}: section [{name}] must be a table, got {type(values).__name__}")
-            parts[name] = _build(section_cls, values, f"{source} [{name}]")
-        return cls(**parts, seed=int(raw.get("seed", 0)))
+        """Sections (tables) of fields as `to_dict` writes them; a missing one keeps its defaults."""
+        return from_json_dict(cls, raw, source)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "CurationConfig":
@@ -207,23 +199,7 @@ class CurationConfig:
             owner = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
             if not owner:
                 raise TypeError(f"unknown curation option {key!r}; see see3d_torch.curation.config for the fields")
-            sections[owner[0]] = _build(SECTIONS[owner[0]], {**dataclasses.asdict(sections[owner[0]]), key: value}, key)
+            sections[owner[0]] = from_json_dict(SECTIONS[owner[0]], {**to_json_dict(sections[owner[0]]), key: value},
+                                                source=f"curation option {key}")
         return CurationConfig(**sections, seed=int(seed))
 
-
-def _build(section_cls, values: dict[str, Any], where: str):
-    fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(fields)}")
-    converted = {}
-    for key, value in values.items():
-        default = getattr(section_cls(), key)
-        if isinstance(default, tuple):
-            value = tuple(value)
-        elif default is not None and not isinstance(value, type(default)) and not (
-            isinstance(default, float) and isinstance(value, int)
-        ):
-            raise ValueError(f"{where}: field {key!r} must be {type(default).__name__}, got {value!r}")
-        converted[key] = value
-    return section_cls(**converted)

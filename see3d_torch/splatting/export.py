@@ -22,22 +22,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from see3d_core import trajectories
 from see3d_core.cameras import Camera
+from see3d_core.images import depth_to_rgb, to_uint8, write_png
 from see3d_core.videos import write_mp4
-
-
-def depth_to_color(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
-    """A z-depth map [H, W] -> RGB uint8 [H, W, 3] (viridis, near = bright)."""
-    finite = depth[np.isfinite(depth) & (depth > 0)]
-    near = float(np.percentile(finite, 2)) if near is None and finite.size else (near or 0.0)
-    far = float(np.percentile(finite, 98)) if far is None and finite.size else (far or 1.0)
-    d = np.clip((depth - near) / max(far - near, 1e-9), 0.0, 1.0)
-    d = np.where(np.isfinite(d), d, 1.0)
-    return cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
 
 
 def flythrough_cameras(cameras: Sequence[Camera], num_frames: int) -> list[Camera]:
@@ -45,12 +35,6 @@ def flythrough_cameras(cameras: Sequence[Camera], num_frames: int) -> list[Camer
     if len(cameras) == 1:
         return [cameras[0]] * num_frames
     return trajectories.interpolate(list(cameras), num_frames)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    image = rgb if rgb.dtype == np.uint8 else (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-    if not cv2.imwrite(str(path), image[..., ::-1]):
-        raise OSError(f"cannot write {path}")
 
 
 def held_out_summary(reconstruction) -> dict | None:
@@ -79,8 +63,8 @@ def export_reconstruction(
     written["cameras"] = str(out / "cameras.json")
     images, depths = reconstruction.render(reconstruction.cameras)
     for i, (rgb, depth) in enumerate(zip(images, depths)):
-        _write_png(out / "renders" / f"view_{i:03d}.png", rgb)
-        _write_png(out / "depth" / f"view_{i:03d}.png", depth_to_color(depth))
+        write_png(out / "renders" / f"view_{i:03d}.png", rgb)
+        write_png(out / "depth" / f"view_{i:03d}.png", depth_to_rgb(depth))
         np.save(out / "depth" / f"view_{i:03d}.npy", depth.astype(np.float32))
     written["renders"] = str(out / "renders")
     written["depth"] = str(out / "depth")
@@ -92,7 +76,7 @@ def export_reconstruction(
     if flythrough_frames > 0:
         path = list(path_cameras) if path_cameras is not None else flythrough_cameras(reconstruction.cameras, flythrough_frames)
         frames, _ = reconstruction.render(path)
-        write_mp4(out / "flythrough.mp4", (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8), fps=fps)
+        write_mp4(out / "flythrough.mp4", to_uint8(frames), fps=fps)
         written["video"] = str(out / "flythrough.mp4")
     summary = {
         "num_gaussians": len(reconstruction.gaussians),
