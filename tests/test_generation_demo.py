@@ -39,6 +39,21 @@ def test_image_metrics_measure_against_the_truth():
         image_metrics(list(noisy), list(truth[:1]))
 
 
+def test_known_and_hole_metrics_split_the_pixels():
+    from see3d_torch.generation.demo import known_and_hole_metrics
+
+    truth = np.full((2, 8, 8, 3), 0.5, np.float32)
+    masks = np.zeros((2, 8, 8), np.float32)
+    masks[:, :, :4] = 1  # the left half known
+    condition = truth + np.where(masks[..., None] > 0.5, 0.1, -0.5).astype(np.float32)  # known off by 0.1 -> 20 dB
+    output = truth + np.where(masks[..., None] > 0.5, 0.01, 0.0316).astype(np.float32)  # 40 dB known, ~30 dB holes
+    m = known_and_hole_metrics(output, condition, masks, truth)
+    assert m["condition_known_psnr"] == pytest.approx(20.0, abs=1e-3) and m["known_psnr"] == pytest.approx(40.0, abs=1e-3)
+    assert m["hole_psnr"] == pytest.approx(30.0, abs=0.01) and m["hole_fraction"] == 0.5
+    assert m["known_vs_condition_psnr"] == pytest.approx(-10 * np.log10(0.09 ** 2), abs=1e-3)
+    assert known_and_hole_metrics(output, condition, np.ones_like(masks), truth)["hole_psnr"] is None
+
+
 def test_demo_end_to_end_reduced(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--weights", str(tiny_checkpoint), "--views", "3", "--steps", "2", "--splat-steps", "8", "--video-frames", "4"]
@@ -54,9 +69,14 @@ def test_demo_end_to_end_reduced(tiny_checkpoint, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"see3d-small", "warp-only"}
     for method in metrics["methods"].values():
+        pixels = method.pop("generated views, known and hole pixels")
         assert set(method) == {"generated views", "rendered, orbit cameras", "rendered, held-out cameras"}
         for values in method.values():
             assert np.isfinite(values["psnr"]) and -1 <= values["ssim"] <= 1 and values["lpips"] >= 0
+        # both methods keep the condition's known pixels: the model by composite_known (on), warp-only by construction
+        assert pixels["known_vs_condition_psnr"] > 100 and pixels["known_psnr"] == pytest.approx(pixels["condition_known_psnr"])
+        assert 0 < pixels["hole_fraction"] < 1 and np.isfinite(pixels["hole_psnr"])
+    assert metrics["composite_known"] == {"see3d-small": True}
     assert len(metrics["methods"]["warp-only"]["generated views"]["psnr_per_view"]) == 2  # 3 orbit views, 1 input
     # warping the input (true depth) beats copying it to the targets, even 20 degrees away at 16 px
     from see3d_torch.generation.demo import DemoScene, image_metrics
@@ -66,6 +86,7 @@ def test_demo_end_to_end_reduced(tiny_checkpoint, tmp_path, capsys):
     assert metrics["methods"]["warp-only"]["generated views"]["psnr"] > copied["psnr"] + 0.2
     html = (out / "report.html").read_text()
     assert "grid.png" in html and "flythrough.mp4" in html and "warp-only" in html and "PSNR" in html
+    assert "composite_known is ON" in html and "Known and hole pixels" in html
     assert not (out / "MISSING_CHECKPOINT.txt").exists()
     import cv2
 
@@ -85,7 +106,7 @@ def test_demo_without_checkpoint_runs_the_labelled_baseline(tmp_path, capsys, mo
     copied = demo.image_metrics([world.truth[world.input_index].rgb] * 2, world.target_truth, lpips=False)
     measured = json.loads((tmp_path / "d" / "metrics.json").read_text())["methods"]["warp-only"]
     assert measured["generated views"]["psnr"] > copied["psnr"] + 1.5  # measured: 14.7 vs 12.4 dB
-    assert "MODEL CHECKPOINT MISSING" in summary["mode"] and "see3d_jax.train" in summary["mode"]
+    assert "MODEL CHECKPOINT MISSING" in summary["mode"] and "see3d demo-checkpoint" in summary["mode"]
     assert "MODEL CHECKPOINT MISSING" in (tmp_path / "d" / "MISSING_CHECKPOINT.txt").read_text()
     assert "MODEL CHECKPOINT MISSING" in (tmp_path / "d" / "report.html").read_text()
     assert list(json.loads((tmp_path / "d" / "metrics.json").read_text())["methods"]) == ["warp-only"]

@@ -36,10 +36,31 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, row_labels: S
     return grid
 
 
+PIXEL_COLUMNS = {"known_psnr": "known: output vs truth", "condition_known_psnr": "known: condition vs truth",
+                 "known_vs_condition_psnr": "known: output vs condition", "hole_psnr": "holes: output vs truth",
+                 "hole_fraction": "hole fraction"}
+
+
+def _cell(value) -> str:
+    return f"<td>{value:.4f}</td>" if isinstance(value, (int, float)) else f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
+
+
+def _pixel_table(metrics: dict) -> str:
+    """Known-pixel fidelity and hole quality (stages whose values carry `hole_psnr`)."""
+    rows = [f"<tr><td>{html.escape(method)}</td><td>{html.escape(stage)}</td>" + "".join(_cell(values.get(k)) for k in PIXEL_COLUMNS) + "</tr>"
+            for method, stages in metrics.get("methods", {}).items() for stage, values in stages.items() if "hole_psnr" in values]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}{' (dB)' if k != 'hole_fraction' else ''}</th>" for k, c in PIXEL_COLUMNS.items())
+    return f"<h3>Known and hole pixels</h3><table><tr><th>method</th><th>views</th>{head}</tr>" + "".join(rows) + "</table>"
+
+
 def _metric_table(metrics: dict) -> str:
     rows = []
     for method, stages in metrics.get("methods", {}).items():
         for stage, values in stages.items():
+            if "hole_psnr" in values:
+                continue
             cells = "".join(
                 f"<td>{values[k]:.4f}</td>" if isinstance(values.get(k), (int, float)) else f"<td>{html.escape(str(values.get(k, '-')))}</td>"
                 for k in ("psnr", "ssim", "lpips")
@@ -62,7 +83,7 @@ def write_html_report(out: str | os.PathLike, title: str, sections: Sequence[tup
              "</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     if metrics:
-        parts.append("<h2>Metrics against the scene's true views</h2>" + _metric_table(metrics))
+        parts.append("<h2>Metrics against the scene's true views</h2>" + _metric_table(metrics) + _pixel_table(metrics))
     for caption, rel in sections:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>")
     if video:
