@@ -287,6 +287,13 @@ class TrainingBatch:
     view_order: jax.Array
 
 
+def reference_counts(config: ConditionConfig, num_views: int) -> tuple[int, int]:
+    """(fewest, most) references a training sample of `num_views` views gets: at least one
+    view is always a target."""
+    most = min(config.max_references, num_views - 1)
+    return min(config.min_references, most), most
+
+
 def build_training_batch(
     key: jax.Array,
     views: jax.Array,
@@ -307,7 +314,8 @@ def build_training_batch(
     pair_warps: required by the "posed_warp" variant only: every view warped into every other
         by the generation loop's warp (`PairWarps`).
     latents: latent models with cached latents: `encode_fn(views)` computed beforehand
-        [B, N, h, w, C]; used as x0, so only the condition images are encoded here.
+        [B, N, h, w, C]; used as x0 and as the references' condition, so only the condition
+        images of views that may be targets are encoded here.
 
     Steps: shuffle the views (no temporal order), the first S of the shuffled views are the
     references (S uniform in [min_references, min(max_references, N - 1)] per sample), the
@@ -319,8 +327,7 @@ def build_training_batch(
     B, N, H, W, _ = views.shape
     if N < 2:
         raise ValueError(f"build_training_batch: need at least 2 views per clip (a reference and a target), got {N}")
-    max_refs = min(config.max_references, N - 1)
-    min_refs = min(config.min_references, max_refs)
+    min_refs, max_refs = reference_counts(config, N)
     if needs_pair_warps(config) and pair_warps is None:
         raise ValueError("build_training_batch: variant 'posed_warp' needs pair_warps (every view warped into every other: "
                          "`see3d pair-warps DATA --size S` writes them beside the clips, the data pipeline reads them)")
@@ -359,7 +366,11 @@ def build_training_batch(
     if latents is not None:
         if encode_fn is None:
             raise ValueError("build_training_batch: cached latents need encode_fn for the condition images")
-        x0, clean_condition = latents, encode_fn(filled)
+        # references are whole frames: their condition is their cached latents. The first
+        # min_refs shuffled views are references in every sample, so only the others' images
+        # (holes filled) are encoded
+        encoded = jnp.concatenate([latents[:, :min_refs], encode_fn(filled[:, min_refs:])], axis=1)
+        x0, clean_condition = latents, jnp.where(is_reference[:, :, None, None, None], latents, encoded)
     elif encode_fn is None:
         x0, clean_condition = views, filled
     else:

@@ -9,11 +9,12 @@ other at the same crop and size by the generation loop's warp (`see3d_core.clips
 ``[num_views, num_views, S, S]``, indexed [source, destination]. Which views are references and which are
 targets is decided later, on device, by `see3d_jax.condition.build_training_batch`.
 
-Latent models can encode every frame once before training (`cache_latents`, the trainer's
-`cache_latents=true`): each clip's frames at `image_size` go through the VAE encoder and are
-stored as ``LATENT_DIR/<clip>.npy [num_frames, h, w, C]``; the elements then also carry
-``latents [num_views, h, w, C]`` of the drawn frames, and the trainer uses them as x0 instead
-of encoding the views every step.
+Latent models can encode every frame once before training (`cache_latents`: the trainer's
+`cache_latents=true`, or beforehand `python -m see3d_jax.encode_latents`): each clip's frames
+at `image_size` go through the VAE encoder and are stored as ``LATENT_DIR/<clip>.npy
+[num_frames, h, w, C]``; the elements then also carry ``latents [num_views, h, w, C]`` of the
+drawn frames, and the trainer uses them as x0 and as the condition of the reference views
+instead of encoding them every step.
 
 Clips are shuffled with a new order every epoch; the iterator's position is a small JSON
 state, saved with every checkpoint so a resumed run continues with the very next batch.
@@ -92,24 +93,35 @@ class ClipViews:
 def cache_latents(
     clips: Sequence[tuple[str, int]],
     latent_dir: str | os.PathLike,
-    encode_fn: Callable,
+    encoder: Callable,
     image_size: int,
     vae: str,
     chunk: int = 16,
+    devices: Sequence | None = None,
 ) -> int:
-    """Encode every frame of `clips` (as `list_clips` returns them) at `image_size` with
-    `encode_fn` (pixels [1, K, S, S, 3] in [-1, 1] -> scaled latents [1, K, h, w, C], e.g.
-    `see3d_jax.train.load_encoder`) into ``latent_dir/<clip>.npy``, `chunk` frames per call.
+    """Encode every frame of `clips` (as `list_clips` returns them) at `image_size` into
+    ``latent_dir/<clip>.npy``: the one latent cache, written by the trainer's
+    `cache_latents=true` and by `python -m see3d_jax.encode_latents`.
+
+    encoder: a `see3d_jax.vae.LatentEncoder` (e.g. `see3d_jax.train.load_encoder`; its
+        parameters are an argument of the jitted encode, replicated on `devices`, not
+        constants of the program) or a parameter-free function; pixels [..., S, S, 3] in
+        [-1, 1] -> scaled latents [..., h, w, C].
+    Each call encodes `chunk` frames per device, split over `devices` (default: this process's
+    local devices); a clip's last block is padded (one shape: one compilation).
 
     Resumable: clips whose file exists with the right frame count are skipped, and each file is
     written whole (temp file + rename). `latent_dir/cache.json` records `image_size` and `vae`;
     a directory made with other values is an error rather than silently reused. Returns the
     number of clips encoded now."""
     import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from see3d_jax.vae import LatentEncoder
 
     root = Path(latent_dir)
     root.mkdir(parents=True, exist_ok=True)
-    meta = {"image_size": int(image_size), "vae": str(vae)}
+    meta = {"image_size": int(image_size), "vae": _vae_id(vae)}
     meta_path = root / "cache.json"
     if meta_path.is_file():
         found = json.loads(meta_path.read_text())
@@ -120,7 +132,15 @@ def cache_latents(
         tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_path)
-    encode = jax.jit(encode_fn)
+    if isinstance(encoder, LatentEncoder):
+        apply, params = encoder.apply, encoder.params
+    else:
+        apply, params = (lambda _, pixels: encoder(pixels)), None
+    mesh = Mesh(np.array(jax.local_devices() if devices is None else list(devices)), ("frames",))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    rows = NamedSharding(mesh, PartitionSpec("frames"))  # [devices, chunk, S, S, 3]: one row per device
+    encode = jax.jit(apply)
+    block = mesh.size * chunk
     encoded = 0
     for clip_dir, num_frames in clips:
         path = root / f"{Path(clip_dir).name}.npy"
@@ -128,15 +148,23 @@ def cache_latents(
             continue
         frames = to_model_range(square_resize(read_clip(clip_dir).frames, image_size))
         parts = []
-        for start in range(0, len(frames), chunk):
-            part = frames[start:start + chunk]
-            padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)]) if len(part) < chunk else part
-            parts.append(np.asarray(encode(padded[None]))[0, :len(part)])  # one shape: one compilation
+        for start in range(0, len(frames), block):
+            part = frames[start:start + block]
+            padded = np.concatenate([part, np.repeat(part[-1:], block - len(part), 0)]) if len(part) < block else part
+            out = encode(params, jax.device_put(padded.reshape((mesh.size, chunk) + padded.shape[1:]), rows))
+            parts.append(np.asarray(out).reshape((block,) + out.shape[2:])[:len(part)])
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, np.concatenate(parts).astype(np.float32))
         os.replace(tmp, path)
         encoded += 1
     return encoded
+
+
+def _vae_id(vae: str) -> str:
+    """What cache.json records of the VAE: a local folder by its absolute path (the same
+    folder named two ways is the same VAE), anything else as given."""
+    path = Path(vae)
+    return str(path.resolve()) if path.exists() else str(vae)
 
 
 def list_clips(data_dir: str | os.PathLike, num_views: int, posed: bool = False) -> list[tuple[str, int]]:

@@ -285,8 +285,8 @@ class Trainer:
         rematerialisation recomputes (`full`: the forward; `dots_no_batch`: the attention score
         and value matmuls), the score matmul flash-style attention recomputes in its backward,
         and the VAE encoder (XLA's cost analysis of one image, times the images encoded per
-        step: the views and the condition images, or the condition images alone with
-        `cache_latents`)."""
+        step: the views and the condition images, or with `cache_latents` the condition images
+        of the views that are not always references)."""
         u, cfg = self.config.unet, self.config
         size, views = u.sample_size, cfg.num_views
         forward = forward_flops(u, views, size, size)
@@ -302,7 +302,9 @@ class Trainer:
             image = jax.ShapeDtypeStruct((1, 1, cfg.image_size, cfg.image_size, 3), jnp.float32)
             cost = jax.jit(self._encode_apply).lower(self.encoder_params, image).compile().cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
-            vae = float(cost.get("flops", 0.0)) * cfg.batch_size * views * (1 if cfg.cache_latents else 2)
+            # with cached latents only the views that may be targets are encoded (their condition)
+            images = views - cond.reference_counts(cfg.condition, views)[0] if cfg.cache_latents else 2 * views
+            vae = float(cost.get("flops", 0.0)) * cfg.batch_size * images
         return cfg.batch_size * (3.0 * forward + recompute + flash) + vae
 
 
@@ -402,7 +404,7 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     shards_here = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
     latent_dir = None
     if config.cache_latents:  # each process encodes the clips of its own shards (resumable)
-        latent_dir = local_dir / "latent_cache"
+        latent_dir = Path(config.latent_dir) if config.latent_dir else local_dir / "latent_cache"
         mine = [c for s in shards_here for c in clip_shard(data_dir, config.num_views, trainer.posed, s, shards)]
         t0 = time.perf_counter()
         encoded = cache_latents(mine, latent_dir, encode_fn, config.image_size, vae=config.vae)
@@ -568,27 +570,36 @@ class Prefetcher:
         self.thread.join()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m see3d_jax.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="named training config: tiny, small or sd21")
-    parser.add_argument("--data", required=True, help="clip dataset directory (manifest.jsonl + clips)")
-    parser.add_argument("--workdir", required=True, help="run directory (local or gs://) for checkpoints and logs")
-    parser.add_argument("--data-shards", type=int, default=None, help="split clips into this many host shards (default: one per process)")
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-process options of the kit's JAX commands (`start_distributed` acts on them)."""
     parser.add_argument("--coordinator", default=None, help="multi-host: coordinator HOST:PORT")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
     parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 unet.model_channels=32")
-    args = parser.parse_args(argv)
-    if not Path(args.data).is_dir():
-        parser.error(f"--data {args.data}: not a directory")
+
+
+def start_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.coordinator is not None:
         if args.num_processes is None or args.process_id is None:
             parser.error("--coordinator needs --num-processes and --process-id")
         jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     elif args.distributed:
         jax.distributed.initialize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m see3d_jax.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="named training config: tiny, small or sd21")
+    parser.add_argument("--data", required=True, help="clip dataset directory (manifest.jsonl + clips)")
+    parser.add_argument("--workdir", required=True, help="run directory (local or gs://) for checkpoints and logs")
+    parser.add_argument("--data-shards", type=int, default=None, help="split clips into this many host shards (default: one per process)")
+    add_distributed_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 unet.model_channels=32")
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: not a directory")
+    start_distributed(args, parser)
     config = preset(args.config, args.overrides)
     summary = run(config, args.data, args.workdir, data_shards=args.data_shards, progress=not args.no_progress)
     if jax.process_index() == 0:

@@ -35,6 +35,8 @@ class TrainConfig:
     # latent models: encode every frame once before training (WORKDIR/latent_cache) and use the
     # stored latents as x0; the condition's warped images (new holes every step) are still encoded
     cache_latents: bool = False
+    # where the cache is (e.g. made beforehand by `python -m see3d_jax.encode_latents`); None: WORKDIR/latent_cache
+    latent_dir: str | None = None
     context: str | None = None  # .npy [T, context_dim] context (e.g. the empty-prompt embedding); zeros if None
     # optimisation
     steps: int = 1000
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_snr_gamma must be > 0 or None, got {self.min_snr_gamma}")
         if self.cache_latents and (self.unet.pixel_space or self.vae is None):
             raise ValueError("TrainConfig.cache_latents needs a latent model (unet.pixel_space=false) and vae=FOLDER")
+        if self.latent_dir is not None and not self.cache_latents:
+            raise ValueError("TrainConfig.latent_dir is the latent cache's directory: it needs cache_latents=true")
         if self.hole_loss_weight < 0:
             raise ValueError(f"TrainConfig.hole_loss_weight must be >= 0, got {self.hole_loss_weight}")
         check_implementation(self.attention_implementation, "TrainConfig.attention_implementation")
