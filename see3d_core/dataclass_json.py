@@ -1,7 +1,7 @@
 """Config dataclasses <-> JSON-ready dicts, defined once for the kit's configs (`UNetConfig`,
 `TrainConfig`, `CurationConfig`, ...).
 
-`to_json_dict` turns a dataclass into plain dicts and lists (nested dataclasses become dicts,
+`read_json_object` reads a config file. `to_json_dict` turns a dataclass into plain dicts and lists (nested dataclasses become dicts,
 tuples become lists). `from_json_dict` builds it back from the field annotations: nested
 dataclasses (also `X | None`) are built recursively, lists become tuples where the field is a
 tuple, and a missing key keeps the field's default. A key the class does not have, a nested
@@ -13,11 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def read_json_object(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """The JSON object in the file `path`; FileNotFoundError or ValueError naming `what` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def to_json_dict(config: Any) -> dict[str, Any]:

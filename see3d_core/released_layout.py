@@ -29,9 +29,9 @@ as the kit's own `UNetConfig` files. Both the torch pipeline and the Flax conver
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from see3d_core.dataclass_json import read_json_object
 from see3d_core.unet_config import UNetConfig
 
 UNET_VARIANTS = ("single", "sparse", "SR")
@@ -91,14 +91,7 @@ def read_unet_config(path: str | Path) -> tuple[UNetConfig, int | None]:
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"UNet config not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"UNet config {path} is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"UNet config {path} must hold a JSON object")
+    raw = read_json_object(path, "UNet config")
     if raw.get("_class_name") == RELEASED_UNET_CLASS:
         return released_unet_config(raw, source=str(path))
     # the file is already parsed: build from it rather than reading it again through UNetConfig.load

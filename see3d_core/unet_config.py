@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from see3d_core.dataclass_json import from_json_dict, to_json_dict
+from see3d_core.dataclass_json import from_json_dict, read_json_object, to_json_dict
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -130,19 +130,11 @@ class UNetConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "UNetConfig":
+        """Read `config.json` (in `path` if it is a directory) in the kit's dialect."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"UNet config {path} does not exist")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"UNet config {path} is not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"UNet config {path} must hold a JSON object")
-        return cls.from_dict(raw, source=str(path))
-
+        return cls.from_dict(read_json_object(path, "UNet config"), source=str(path))
 
 def tiny() -> UNetConfig:
     """For tests: pixel space, two levels, attention at the coarse one; ~0.2M parameters."""

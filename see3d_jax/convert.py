@@ -52,6 +52,7 @@ from see3d_core.released_layout import (
     model_folder_files,
     read_unet_config,
 )
+from see3d_core.dataclass_json import read_json_object
 from see3d_core.unet_config import UNetConfig
 from see3d_jax.unet import UNet
 from see3d_jax.vae import AutoencoderKL, VAEConfig
@@ -181,10 +182,7 @@ def _is_vae_config(raw: dict) -> bool:
 def _abstract_model(config_path: Path, unet_options: dict) -> tuple[nnx.Module, int | None]:
     """A model with shape-only parameters for the config at `config_path` (+ camera_dim);
     `unet_options` (dtype, remat, attention_implementation) go to the UNet's constructor."""
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config {config_path} is not valid JSON ({e})") from None
+    raw = read_json_object(config_path)
     if _is_vae_config(raw):
         if unet_options:
             raise ValueError(f"{config_path}: a VAE config; {sorted(unet_options)} only apply to a UNet")
