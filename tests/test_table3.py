@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,7 +16,7 @@ def table3(monkeypatch):
     spec = importlib.util.spec_from_file_location("table3", ROOT / "benchmarks" / "table3.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    calls = {"train": [], "eval": []}
+    calls = {"train": [], "eval": [], "samples": []}
 
     def fake_train(name, data, root, steps, overrides):
         calls["train"].append((name, steps))
@@ -30,7 +31,13 @@ def table3(monkeypatch):
         return {"psnr": metric(score), "ssim": metric(0.5), "lpips": metric(0.2), "hole_psnr": metric(score - 2),
                 "warp_psnr": metric(12.0)}
 
+    def fake_samples(weights, seeds, sample_steps, batch=4):
+        calls["samples"].append(f"{weights.parent.name}/{weights.name}")
+        views = np.zeros((len(seeds), 4, 8, 8, 3), np.float32)
+        yield views, views, np.ones(views.shape[:-1] + (1,), np.float32), views
+
     monkeypatch.setattr(module, "write_data", lambda root, *a: root / "data")
+    monkeypatch.setattr(module, "held_out_samples", fake_samples)
     monkeypatch.setattr(module, "train_variant", fake_train)
     monkeypatch.setattr(module, "evaluate", fake_eval)
     return module, calls
@@ -45,6 +52,8 @@ def test_every_variant_trains_in_segments_then_the_report_is_written(table3, tmp
     report = (tmp_path / "table3.md").read_text()
     assert "| masked | 16.14 | 14.00 ± 0.10" in report and "warp only" in report
     assert (tmp_path / "table3.json").is_file()
+    assert calls["samples"] == [f"{n}/ema_000009" for n in module.VARIANTS]  # the grid shows each variant's last segment
+    assert (tmp_path / "samples.png").stat().st_size > 0
     assert (tmp_path / "masked" / "ema_000006" / "weights").read_text() == "masked-6"  # each segment's EMA kept
     calls["train"].clear()
     module.main(argv)  # resumable: finished segments are not trained again
