@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from see3d_core.cameras import Camera, scale_intrinsics
+from see3d_core.images import to_uint8
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -222,7 +223,7 @@ def write_clip(
             if f.shape[:2] != (h, w) or f.ndim != 3 or f.shape[2] != 3:
                 raise ClipFormatError(f"clip {clip_dir}: frame {i} has shape {f.shape}, expected ({h}, {w}, 3)")
             if f.dtype != np.uint8:
-                f = (np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+                f = to_uint8(f)
             name = f"frame_{i:06d}.{image_format}"
             params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
             if not cv2.imwrite(str(tmp / name), np.ascontiguousarray(f[..., ::-1]), params):

@@ -34,6 +34,7 @@ import numpy as np
 
 from see3d_core import synthetic, trajectories
 from see3d_core.cameras import Camera, axis_angle_to_rotation
+from see3d_core.images import to_uint8
 
 KINDS = ("moving_camera", "static_camera", "jitter", "rigid_objects", "non_rigid", "mixed", "drifting_patch_along", "drifting_patch_across")
 PATCH_SHAPES = ("ellipse", "blob", "band")
@@ -219,7 +220,7 @@ def make_video(kind: str, seed: int, num_frames: int = 48, width: int = 320, hei
     else:
         cams = _camera_path(kind, scene, rng, num_frames, width, height)
     rendered = [synthetic.render(scene, c, t) for c, t in zip(cams, times)]
-    frames = np.stack([(f.rgb * 255 + 0.5).astype(np.uint8) for f in rendered])
+    frames = to_uint8(np.stack([f.rgb for f in rendered]))
     if patch is not None:
         frames = _composite_patch(frames, cams, rendered[0].depth, patch, rng)
     status, reason = EXPECTED[kind]

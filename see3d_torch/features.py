@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import torch
 
+from see3d_core.images import to_uint8
+
 MATCH_METHODS = ("sift", "disk_lightglue")
 DISK_WEIGHTS = "disk.pth"
 LIGHTGLUE_WEIGHTS = "disk_lightglue.pth"
@@ -38,7 +40,7 @@ def _rgb_uint8(image, name: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[-1] != 3:
         raise ValueError(f"{name} must be an image [H, W, 3] or [3, H, W], got shape {a.shape}")
     if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        a = to_uint8(a)
     return np.ascontiguousarray(a)
 
 

@@ -377,7 +377,7 @@ def resize_masks_pil(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Masks [N, H, W] (1 = known) or uint8 mask images -> [N, size_h, size_w] in {0, 1}: the
     mask image resized by PIL (bicubic) and thresholded at value / 255 > 0.9 (`inference.py`)."""
     masks = np.asarray(masks)
-    images = masks if masks.dtype == np.uint8 else (np.clip(masks, 0, 1) * 255).round().astype(np.uint8)
+    images = masks if masks.dtype == np.uint8 else to_uint8(masks)
     height, width = size
     out = [np.asarray(Image.fromarray(m, mode="L").resize((width, height)), np.float32) / 255 for m in images]
     return (np.stack(out) > MASK_FILE_THRESHOLD).astype(np.float32)

@@ -43,6 +43,7 @@ from see3d_core.clips import (
     square_resize,
     square_resize_intrinsics,
 )
+from see3d_core.images import to_uint8
 
 SPLAT_MODES = ("nearest", "bilinear", "soft")
 MIN_WEIGHT = 0.05  # a destination pixel is known when this much splat weight reached it
@@ -361,7 +362,7 @@ def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool
     K = square_resize_intrinsics(np.asarray(info.intrinsics, np.float64), info.height, info.width, image_size)
     warps = pair_warps(frames.astype(np.float32) / 255.0, depths, K, np.asarray(info.c2w))
     tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=(np.clip(warps["images"], 0, 1) * 255).round().astype(np.uint8),
+    np.savez_compressed(tmp, images=to_uint8(warps["images"]),
                         masks=warps["masks"], depths=warps["depths"].astype(np.float32))
     os.replace(tmp, path)
     return True

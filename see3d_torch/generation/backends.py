@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from see3d_core.cameras import Camera
+from see3d_core.images import to_uint8
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps total)
 
@@ -75,7 +76,7 @@ def inpaint_holes(image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.nd
         return image.astype(np.float32)
     if holes.all():  # nothing to propagate from
         return np.full_like(image, 0.5, dtype=np.float32)
-    img8 = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img8 = to_uint8(image)
     filled = cv2.inpaint(img8, holes, radius, cv2.INPAINT_TELEA).astype(np.float32) / 255.0
     out = np.where(holes[..., None] > 0, filled, image)  # known pixels stay exact
     return out.astype(np.float32)

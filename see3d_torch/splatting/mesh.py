@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from see3d_core.cameras import Camera, depth_to_points
+from see3d_core.images import to_uint8
 
 
 @dataclasses.dataclass
@@ -137,5 +138,5 @@ def mesh_from_depths(
     return Mesh(
         vertices=(origin + voxel * vertices).astype(np.float32),
         faces=faces.astype(np.int32),
-        colors=(np.clip(vertex_colors, 0, 1) * 255 + 0.5).astype(np.uint8),
+        colors=to_uint8(vertex_colors),
     )
