@@ -15,7 +15,7 @@ relative models); `space="disparity"` fits the affine map in inverse-depth space
 returns metric depth. Pixel coordinates are (x, y) in the kit's convention (the centre of the
 top-left pixel is (0, 0)). Everything is plain torch: it runs on CPU and GPU tensors alike.
 
-Plot helpers for the notebooks (`colorize_depth`, `show_depth`, `show_relative_error`) import
+Plot helpers for the notebooks (`show_depth`, `show_relative_error`) import
 matplotlib lazily.
 """
 
@@ -26,6 +26,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from see3d_core.images import depth_to_rgb
 
 DEPTH_SPACES = ("depth", "disparity")
 MIN_POSITIVE = 1e-6  # floor for disparities and depths before inverting them
@@ -443,25 +445,10 @@ def _numpy(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def colorize_depth(depth, vmin: float | None = None, vmax: float | None = None, cmap: str = "turbo") -> np.ndarray:
-    """An RGB image [H, W, 3] in [0, 1] of a depth map, coloured by inverse depth (near is
-    warm) between the 2nd and 98th percentiles unless `vmin`/`vmax` (depths) are given."""
-    from matplotlib import colormaps
-
-    d = _numpy(depth).astype(np.float64)
-    inv = 1.0 / np.clip(d, MIN_POSITIVE, None)
-    finite = np.isfinite(inv) & (d > 0)
-    lo = 1.0 / vmax if vmax else np.percentile(inv[finite], 2)
-    hi = 1.0 / vmin if vmin else np.percentile(inv[finite], 98)
-    t = np.clip((inv - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    rgb = colormaps[cmap](t)[..., :3]
-    rgb[~finite] = 0.0
-    return rgb
-
-
 def show_depth(ax, depth, title: str = "", uv=None, vmin: float | None = None, vmax: float | None = None) -> None:
-    """Draw a depth map on a matplotlib axis, optionally with keypoints `uv` [K, 2] on top."""
-    ax.imshow(colorize_depth(depth, vmin, vmax))
+    """Draw a depth map on a matplotlib axis (`see3d_core.images.depth_to_rgb`: the kit's one
+    depth picture), optionally with keypoints `uv` [K, 2] on top."""
+    ax.imshow(depth_to_rgb(_numpy(depth), near=vmin, far=vmax))
     if uv is not None:
         pts = _numpy(uv)
         ax.scatter(pts[:, 0], pts[:, 1], s=4, c="white", edgecolors="black", linewidths=0.3)

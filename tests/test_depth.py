@@ -201,13 +201,15 @@ def test_depth_plots_draw(views):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from see3d_core.images import depth_to_rgb
+
     frame = views[0][0]
-    rgb = D.colorize_depth(frame.depth)
-    assert rgb.shape == (SIZE, SIZE, 3) and rgb.min() >= 0 and rgb.max() <= 1
-    near, far = np.unravel_index(frame.depth.argmin(), frame.depth.shape), np.unravel_index(frame.depth.argmax(), frame.depth.shape)
-    assert not np.allclose(rgb[near], rgb[far])
     fig, axes = plt.subplots(1, 2)
-    D.show_depth(axes[0], frame.depth, "depth", uv=torch.tensor([[10.0, 20.0]]))
+    D.show_depth(axes[0], torch.from_numpy(frame.depth), "depth", uv=torch.tensor([[10.0, 20.0]]))
+    drawn = axes[0].get_images()[0].get_array()  # the kit's one depth picture, near and far apart
+    np.testing.assert_array_equal(drawn, depth_to_rgb(frame.depth))
+    near, far = np.unravel_index(frame.depth.argmin(), frame.depth.shape), np.unravel_index(frame.depth.argmax(), frame.depth.shape)
+    assert not np.allclose(drawn[near], drawn[far])
     D.show_relative_error(axes[1], frame.depth * 1.1, frame.depth, "x1.1")
     assert "AbsRel 0.100" in axes[1].get_title()
     plt.close(fig)
