@@ -17,6 +17,7 @@ from flax import nnx  # noqa: E402
 from see3d_core import unet_config as uc  # noqa: E402
 from see3d_core.released_layout import (  # noqa: E402
     CONFIG_FILE,
+    DEMO_CHECKPOINT,
     LEGACY_FLAX_WEIGHTS,
     LEGACY_ORBAX_PARAMS,
     WEIGHTS_FILE,
@@ -104,12 +105,12 @@ def test_flax_folder_loads_in_torch_and_back_bit_exact(tmp_path):
     TorchAutoencoderKL.from_pretrained(tmp_path / "vae")
 
 
-def _outputs(flax_model, torch_model, config, seed=0):
-    """Both UNets on one random input (2 samples, 3 views, 16 px), in the Flax layout."""
+def _outputs(flax_model, torch_model, config, seed=0, batch=2, views=3, size=16):
+    """Both UNets on one random input, in the Flax layout."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(2, 3, 16, 16, config.in_channels)).astype(np.float32)
-    t = np.array([17, 961])
-    ctx = rng.normal(size=(2, config.context_tokens, config.context_dim)).astype(np.float32)
+    x = rng.normal(size=(batch, views, size, size, config.in_channels)).astype(np.float32)
+    t = np.array([17, 961][:batch])
+    ctx = rng.normal(size=(batch, config.context_tokens, config.context_dim)).astype(np.float32)
     flax_out = np.asarray(nnx.jit(lambda m, *a: m(*a))(flax_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx)))
     with torch.no_grad():
         torch_out = torch_model(torch.from_numpy(x.transpose(0, 1, 4, 2, 3)), torch.from_numpy(t), torch.from_numpy(ctx))
@@ -140,6 +141,19 @@ def test_a_folder_from_either_framework_loads_in_the_other_with_equal_outputs(tm
 
     first, last = load_file(str(tmp_path / "from_torch" / WEIGHTS_FILE)), load_file(str(tmp_path / "torch_flax_torch" / WEIGHTS_FILE))
     assert first.keys() == last.keys() and all(np.array_equal(first[k], last[k]) for k in first)
+
+
+def test_the_demo_checkpoint_is_one_folder_both_frameworks_read():
+    if not (DEMO_CHECKPOINT / WEIGHTS_FILE).is_file():
+        pytest.skip(f"no embedded demo checkpoint in {DEMO_CHECKPOINT}")
+    flax_model, torch_model = convert.from_pretrained(DEMO_CHECKPOINT), MultiViewUNet.from_pretrained(DEMO_CHECKPOINT)
+    config = torch_model.config
+    assert flax_model.config == config and config.pixel_space
+    # at the checkpoint's own size, whatever it is
+    flax_out, torch_out = _outputs(flax_model, torch_model, config, batch=1, views=2, size=config.sample_size)
+    assert flax_out.shape == (1, 2, config.sample_size, config.sample_size, config.out_channels)
+    assert np.abs(torch_out).max() > 0.1
+    np.testing.assert_allclose(flax_out, torch_out, atol=1e-4, rtol=0)
 
 
 def _legacy_folders(model, root):
