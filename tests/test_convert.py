@@ -208,15 +208,7 @@ def _parity(config, batch, views, size, atol=1e-4):
     with torch.device("meta"):
         torch_model = MultiViewUNet(config)
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True, assign=True)
-    torch_model.eval()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, views, size, size, config.in_channels)).astype(np.float32)
-    t = np.array([17, 961][:batch])
-    ctx = rng.normal(size=(batch, config.context_tokens, config.context_dim)).astype(np.float32)
-    flax_out = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx)))
-    with torch.no_grad():
-        torch_out = torch_model(torch.from_numpy(x.transpose(0, 1, 4, 2, 3)), torch.from_numpy(t), torch.from_numpy(ctx))
-    torch_out = torch_out.numpy().transpose(0, 1, 3, 4, 2)
+    flax_out, torch_out = _outputs(model, torch_model.eval(), config, batch=batch, views=views, size=size)
     assert np.abs(torch_out).max() > 0.1  # a non-trivial output
     np.testing.assert_allclose(flax_out, torch_out, atol=atol, rtol=0)
 
