@@ -33,7 +33,8 @@ shard of the clips and feeds its part of the global batch.
 Exports: the EMA model folder is assembled on process 0 from the shards it holds
 (`see3d_jax.sharding.process_zero_copy`; only parameters split across hosts are gathered, one
 at a time); `export_checkpoint=true` also writes `WORKDIR/export`, the step, params and EMA
-without the optimizer state (`see3d_jax.checkpointing.export_checkpoint`, sharded).
+without the optimizer state (`see3d_jax.checkpointing.export_checkpoint`, sharded). Training
+can start from pretrained weights with `init_from=` (`see3d_jax.pretrained`).
 """
 
 from __future__ import annotations
@@ -176,16 +177,29 @@ class Trainer:
 
         return jax.tree_util.tree_map_with_path(pick, opt_shapes)
 
-    def init_state(self, seed: int | None = None):
-        """A fresh train state in its shardings. Parameters are drawn on the host (the same on
-        every host) and each device receives only its shard; optimizer state and EMA are made
-        on device."""
-        host = initial_parameters(nnx.eval_shape(lambda: UNet(self.config.unet)), self.config.seed if seed is None else seed)
-        params = jax.tree.map(
-            lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), host, self.param_shardings
-        )
+    def init_state(self, seed: int | None = None, params: dict | None = None):
+        """A new train state in its shardings: step 0, a fresh optimizer, EMA = parameters.
+
+        Parameters: `params` if given (a pure dict already in `param_shardings`), else the
+        config's `init_from` weights (`load_pretrained`), else drawn on the host (the same on
+        every host); either way each device receives only its shard."""
+        if params is None and self.config.init_from is not None:
+            params, _ = self.load_pretrained()
+        if params is None:
+            host = initial_parameters(nnx.eval_shape(lambda: UNet(self.config.unet)), self.config.seed if seed is None else seed)
+            params = jax.tree.map(
+                lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), host, self.param_shardings
+            )
         with jax.set_mesh(self.mesh):
             return self._init_rest(params)
+
+    def load_pretrained(self) -> tuple[dict, dict[str, Any]]:
+        """The config's `init_from` weights, converted and placed straight into
+        `param_shardings` (`see3d_jax.pretrained`), and a report for the log."""
+        from see3d_jax import pretrained
+
+        source = pretrained.open_source(self.config.init_from, self.config.init_from_variant)
+        return pretrained.load_sharded(source, self.config.unet, self.param_shardings)
 
     def model(self, params) -> UNet:
         """The UNet with `params` (a pure dict: train `params` or `ema`)."""
@@ -418,13 +432,22 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     ]
 
     ckpt = Checkpointer(f"{workdir.rstrip('/')}/checkpoints", keep=config.keep_checkpoints, asynchronous=config.async_checkpointing)
+    init_record = None
     if ckpt.latest_step() is not None:
         state, data_state = ckpt.restore(abstract_like(trainer.state_shapes, trainer.state_shardings))
         for it, s in zip(iterators, data_state["shards"]):
             it.set_state(s)
         resumed_from = int(state["step"])
+        if config.init_from is not None:  # the run's own weights win: init_from only starts a run
+            init_record = {"event": "init_from_ignored", "init_from": config.init_from, "reason": "resumed from the run's own checkpoint"}
+            print(f"see3d_jax.train: init_from={config.init_from} ignored: resuming from the run's checkpoint at step {resumed_from}",
+                  file=sys.stderr)
     else:
-        state = trainer.init_state()
+        params = None
+        if config.init_from is not None:
+            params, report = trainer.load_pretrained()
+            init_record = {"event": "init_from", **report}
+        state = trainer.init_state(params=params)
         resumed_from = 0
 
     def next_batch():  # the next global batch, and the data iterators' state once it is drawn
@@ -439,6 +462,8 @@ def run(config: TrainConfig, data_dir: str, workdir: str, *, data_shards: int | 
     logger = _Logger(local_dir, config.tensorboard)
     logger.write({"step": resumed_from, "event": "resumed" if resumed_from else "started", "processes": process_count,
                   "devices": jax.device_count(), "mesh": dict(trainer.mesh.shape)})
+    if init_record is not None:
+        logger.write({"step": resumed_from, **init_record})
     if jax.default_backend() == "cpu" and jax.local_device_count() == 1 and (os.cpu_count() or 1) > 1 and process_index == 0:
         # XLA runs one CPU device's small ops mostly on one thread; N devices run N programs at once
         print(f"see3d_jax.train: one CPU device on {os.cpu_count()} cores; XLA_FLAGS="

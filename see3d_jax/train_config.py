@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from see3d_core import unet_config
 from see3d_core.dataclass_json import from_json_dict, to_json_dict
 from see3d_core.diffusion import ConditionConfig
+from see3d_core.released_layout import UNET_VARIANTS
 from see3d_core.unet_config import UNetConfig
 from see3d_jax.attention import check_implementation
 from see3d_jax.sharding import DEFAULT_RULES, LogicalRules
@@ -38,6 +39,11 @@ class TrainConfig:
     # where the cache is (e.g. made beforehand by `python -m see3d_jax.encode_latents`); None: WORKDIR/latent_cache
     latent_dir: str | None = None
     context: str | None = None  # .npy [T, context_dim] context (e.g. the empty-prompt embedding); zeros if None
+    # pretrained weights (see3d_jax.pretrained): a released See3D folder (its UNet init_from_variant), a model
+    # folder (torch or Flax) or an SD-2.1 / MVDream LDM .safetensors (4 input channels: the new ones start at
+    # zero); weights only (fresh optimizer), ignored when the run resumes from its own checkpoint
+    init_from: str | None = None
+    init_from_variant: str = "sparse"
     # optimisation
     steps: int = 1000
     learning_rate: float = 2e-4
@@ -92,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if self.prefetch_batches < 0:
             raise ValueError(f"TrainConfig.prefetch_batches must be >= 0, got {self.prefetch_batches}")
+        if self.init_from_variant not in UNET_VARIANTS:
+            raise ValueError(f"TrainConfig.init_from_variant must be one of {UNET_VARIANTS}, got {self.init_from_variant!r}")
         if self.vae_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.vae_dtype must be 'float32' or 'bfloat16', got {self.vae_dtype!r}")
 
