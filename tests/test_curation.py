@@ -395,3 +395,77 @@ def test_smooth_non_rigid_patch_is_caught_by_the_summed_epipolar_residuals():
     assert max(motion["window_residual_regions"]) >= 0.01
     without = pipeline.decide(downsampled, CurationConfig().with_options(window_residual_noise_multiple=0.0), seed=0)
     assert without.status == "accepted", without.scores["motion"]
+
+
+# --- the steps one by one (pure functions of their inputs) -----------------------------------
+
+class _CountingDetector:
+    name = "counting"
+    replaces = "mask-rcnn"  # a fallback names what it stands in for
+
+    def __init__(self, per_frame: int):
+        self.per_frame = per_frame
+
+    def detect(self, frames):
+        return [[Detection("person", 0.9, (0, 0, 4, 4))] * self.per_frame + [Detection("cat", 0.9, (0, 0, 4, 4))] for _ in frames]
+
+
+def test_semantic_step_counts_dynamic_classes_over_the_first_frames_and_rejects_above_the_limit():
+    config = CurationConfig().semantic  # persons only, more than 10 detections reject
+    frames = np.zeros((30, 8, 8, 3), np.uint8)
+    passed = pipeline.semantic_step(frames, _CountingDetector(0), config)
+    assert passed.rejected is None and passed.scores["total"] == 0 and passed.note == {"detector": "counting", "replaces": "mask-rcnn"}
+    rejected = pipeline.semantic_step(frames, _CountingDetector(1), config)
+    assert rejected.scores["frames"] == config.detector_frames and rejected.scores["detections"] == {"person": config.detector_frames}
+    assert rejected.rejected == ("semantic_dynamic" if config.detector_frames > config.max_detections else None)
+    at_limit = pipeline.semantic_step(frames[: config.max_detections], _CountingDetector(1), config)
+    assert at_limit.scores["total"] == config.max_detections and at_limit.rejected is None  # the limit itself passes
+
+
+def test_viewpoint_step_rejects_when_most_tracks_stay_within_a_small_circle():
+    config = CurationConfig().viewpoint
+    frames = np.zeros((40, 480, 640, 3), np.uint8)  # short side 480: the radii are the config's pixels
+
+    def circling(radius):
+        def tracker(grays, num):
+            angles = np.linspace(0, 2 * np.pi, len(grays), endpoint=False)[:, None]
+            start = np.random.default_rng(0).uniform(100, 300, (1, num, 2))
+            return (start + radius * np.stack([np.cos(angles), np.sin(angles)], -1)).astype(np.float32)
+        return tracker
+
+    small = pipeline.viewpoint_step(frames, config, circling(0.5 * config.mean_radius_px))
+    assert small.rejected == "small_viewpoint" and small.scores["tracks_measured"] == config.num_tracks
+    assert small.scores["small_tracks"] == config.num_tracks
+    wide = pipeline.viewpoint_step(frames, config, circling(2 * config.small_radius_px))
+    assert wide.rejected is None and wide.scores["small_tracks"] == 0
+    assert wide.scores["mean_radius"] == pytest.approx(2 * config.small_radius_px, rel=0.05)
+    untracked = pipeline.viewpoint_step(frames, config, lambda grays, num: np.full((len(grays), 0, 2), np.nan, np.float32))
+    assert untracked.rejected == "small_viewpoint"  # nothing tracked is no evidence of a viewpoint change
+
+
+def _evidence(fractions, window_regions=(), residual_regions=(), rigid=(0.0, 0)):
+    n = len(fractions)
+    return pipeline.FlowEvidence(0.5, [3.0] * n, list(fractions), rigid[0], rigid[1], list(range(len(window_regions))),
+                                 list(window_regions), list(residual_regions), False)
+
+
+def test_judge_motion_tells_rigid_movers_from_deforming_content_and_flags_their_frames():
+    config = CurationConfig().motion  # 6-frame windows at every frame, 0.6 of the frames dynamic rejects
+    dynamic, static = 0.01, 0.0
+    # 10 flow frames (9 pairs) of 12 frames; pairs 0-2 static, 3-8 dynamic: 6/9 >= 0.6
+    fractions = [static] * 3 + [dynamic] * 6
+    scores, frames, reason = pipeline.judge_motion(_evidence(fractions, rigid=(90.0, 100)), config, 12, 10)
+    assert reason == "dynamic_objects" and scores["rigid_fit_ratio"] == 0.9
+    assert frames.tolist() == [False] * 3 + [True] * 9  # pairs 3-8 touch frames 3-9; 10-11 were never checked
+    _, _, reason = pipeline.judge_motion(_evidence(fractions, rigid=(50.0, 100)), config, 12, 10)
+    assert reason == "non_rigid_motion"  # an affine motion explains too little of the regions
+    # fewer dynamic pairs than the ratio: accepted, and the clean frames stay clean
+    scores, frames, reason = pipeline.judge_motion(_evidence([static] * 8 + [dynamic]), config, 10, 10)
+    assert reason is None and scores["dynamic_frame_share"] == round(1 / 9, 4) and frames.tolist() == [False] * 8 + [True] * 2
+    # windows off their epipolar lines pair after pair but not at their end: oscillating, non-rigid
+    # even where the adjacent pairs' regions would fit rigidly
+    windows = [0.0] * 14  # 20 flow frames: windows start at frames 0-13 and flag frames 6-19 (0.7)
+    residuals = [0.05] * 14
+    scores, _, reason = pipeline.judge_motion(_evidence([static] * 19, windows, residuals, rigid=(90.0, 100)), config, 20, 20)
+    assert scores["oscillating_window_share"] == 1.0 and scores["flagged_frame_share"] >= config.dynamic_frame_ratio
+    assert reason == "non_rigid_motion"
