@@ -12,8 +12,11 @@ One iteration:
    visual condition, without random masking (Eq. 20);
 5. the backend generates the targets (Eq. 21); they become known views, hence anchors later.
 
-`generate_views` returns a `GenerationResult` (views, cameras, depths, masks, the condition
-images used, and what happened in each iteration); `GenerationResult.save` writes it.
+`generate_views` keeps one `ViewRecord` per view (camera, image, condition, mask, warped and
+aligned depth) and composes pure functions on them: `next_targets`/`choose_anchors` (1-2),
+`alignment_partners` and `aligned_depth` (3), `warp_anchors` (4), `finished_view` (5). It
+returns a `GenerationResult` (views, cameras, depths, masks, the condition images used, and what
+happened in each iteration); `GenerationResult.save` writes it.
 """
 
 from __future__ import annotations
@@ -244,12 +247,86 @@ def warped_depth_points(warped_depth: np.ndarray, mask: np.ndarray, max_points: 
 
 # --- the loop -----------------------------------------------------------------------------------
 
+@dataclasses.dataclass(eq=False)  # a view is itself: records compare by identity
+class ViewRecord:
+    """One view of a run as the loop knows it: its camera and what has been made for it so far.
+    The loop fills the fields; the functions below only read records and return results."""
+
+    index: int  # position in `GenerationResult`
+    camera: Camera
+    image: np.ndarray | None = None  # [H, W, 3] in [0, 1]: the input, or the generated view (None until then)
+    condition: np.ndarray | None = None  # [H, W, 3]: the warped anchors (inputs: their own image)
+    mask: np.ndarray | None = None  # [H, W]: 1 = known in the condition
+    warped_depth: np.ndarray | None = None  # [H, W]: the anchors' depth warped into this view (targets only)
+    depth: np.ndarray | None = None  # [H, W]: metric z-depth, once aligned (or given)
+    depth_source: str = ""  # how `depth` was obtained
+
+
 def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if image.shape[:2] == (h, w):
         return image.astype(np.float32)
     interp = cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_CUBIC
     return np.clip(cv2.resize(image.astype(np.float32), (w, h), interpolation=interp), 0, 1)
+
+
+def input_records(images: Sequence[np.ndarray], cameras: Sequence[Camera], input_depths: Sequence[np.ndarray] | None) -> list[ViewRecord]:
+    """Records of the input views at their cameras' size: fully known, with their given depth
+    (RGB-D input, the synthetic world) when there is one."""
+    if input_depths is not None and len(input_depths) != len(images):
+        raise ValueError(f"input_depths: expected {len(images)} depth maps (one per input), got {len(input_depths)}")
+    records = []
+    for i, (img, cam) in enumerate(zip(images, cameras)):
+        h, w = cam.height, cam.width
+        image = _resize_image(np.asarray(img, dtype=np.float32), (h, w))
+        record = ViewRecord(i, cam, image, image.copy(), np.ones((h, w), np.float32))
+        if input_depths is not None:
+            d = np.asarray(input_depths[i], dtype=np.float32)
+            if d.ndim != 2:
+                raise ValueError(f"input_depths[{i}] must be [H, W], got shape {d.shape}")
+            record.depth = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
+            record.depth_source = "given"
+        records.append(record)
+    return records
+
+
+def alignment_partners(view: ViewRecord, known: Sequence[ViewRecord], scene_scale: float, max_partners: int) -> list[ViewRecord]:
+    """The known views (with an image, other than `view`) nearest to it, at most `max_partners`."""
+    others = [k for k in known if k.index != view.index and k.image is not None]
+    return sorted(others, key=lambda k: anchor_choice.camera_distance(view.camera, k.camera, scene_scale))[:max_partners]
+
+
+def aligned_depth(view: ViewRecord, partners: Sequence[ViewRecord], depth_estimator, config: GenerationConfig) -> tuple[np.ndarray, str]:
+    """Step 3: the view's monocular depth made metric, and how. Aligned per keypoint matched with
+    `partners` (Eq. 15-17) when enough keypoints agree; else on the depth warped into the view,
+    when it has one; else the monocular depth as it is (a lone input: it sets the scene's scale)."""
+    h, w = view.camera.height, view.camera.width
+    space = getattr(depth_estimator, "output_space", "depth")
+    bandwidth = config.lwlr_bandwidth * max(h, w) / 512.0
+    mono = depth_estimator.predict(view.image, view.camera)
+    mono = (mono.detach().cpu().numpy() if isinstance(mono, torch.Tensor) else np.asarray(mono)).astype(np.float32)
+    if mono.shape != (h, w):
+        raise ValueError(f"depth estimator returned shape {mono.shape} for a {h}x{w} view")
+    if partners:
+        uv, z = keypoint_alignment(view.image, view.camera, [(p.image, p.camera) for p in partners], config.match_method)
+    else:
+        uv, z = np.zeros((0, 2)), np.zeros(0)
+    keep = consistent_keypoints(mono, uv, z, space, seed=config.seed + view.index)
+    uv, z = uv[keep], z[keep]
+    if len(z) >= config.min_keypoints:
+        return align_depth(mono, uv, z, bandwidth, space), f"keypoints ({len(z)})"
+    if view.warped_depth is not None and (view.warped_depth > 0).sum() >= config.min_keypoints:
+        uv, z = warped_depth_points(view.warped_depth, view.mask, seed=config.seed + view.index)
+        return align_depth(mono, uv, z, bandwidth, space), f"warped depth ({len(z)})"
+    return unaligned_depth(mono, space), "monocular (sets the scale)" if not partners else f"monocular ({len(z)} keypoints)"
+
+
+def finished_view(generated: np.ndarray, condition: np.ndarray, mask: np.ndarray, composite_known: bool) -> np.ndarray:
+    """The backend's output for a target as the loop keeps it: in [0, 1], with the condition's
+    known pixels pasted back when `composite_known`."""
+    if composite_known:
+        generated = np.where(mask[..., None] > 0.5, condition, generated)
+    return np.clip(generated, 0, 1).astype(np.float32)
 
 
 def generate_views(
@@ -286,81 +363,49 @@ def generate_views(
         h, w = input_cameras[0].height, input_cameras[0].width
     cams = [c.resized(w, h) for c in [*input_cameras, *targets]]
     n_in = len(images)
-    n = len(cams)
-    views: list[np.ndarray | None] = [_resize_image(np.asarray(img, dtype=np.float32), (h, w)) for img in images] + [None] * len(targets)
-    conditions = [v.copy() if v is not None else None for v in views]
-    masks = [np.ones((h, w), np.float32) if i < n_in else None for i in range(n)]
-    warped_depths: list[np.ndarray | None] = [None] * n
-    depths: list[np.ndarray | None] = [None] * n
-    depth_sources = ["" for _ in range(n)]
-    if input_depths is not None:
-        if len(input_depths) != n_in:
-            raise ValueError(f"input_depths: expected {n_in} depth maps (one per input), got {len(input_depths)}")
-        for i, d in enumerate(input_depths):
-            d = np.asarray(d, dtype=np.float32)
-            if d.ndim != 2:
-                raise ValueError(f"input_depths[{i}] must be [H, W], got shape {d.shape}")
-            depths[i] = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) if d.shape != (h, w) else d
-            depth_sources[i] = "given"
-    space = getattr(depth_estimator, "output_space", "depth")
+    views = input_records(images, cams[:n_in], input_depths)
+    views += [ViewRecord(i, cam) for i, cam in enumerate(cams[n_in:], start=n_in)]
     scale = anchor_choice.scene_scale_of(cams)
-    bandwidth = config.lwlr_bandwidth * max(h, w) / 512.0
     per_call = config.targets_per_call(backend.max_views)
 
-    def ensure_depth(i: int, known: list[int]) -> None:
-        if depths[i] is not None:
-            return
-        mono = depth_estimator.predict(views[i], cams[i])
-        mono = (mono.detach().cpu().numpy() if isinstance(mono, torch.Tensor) else np.asarray(mono)).astype(np.float32)
-        if mono.shape != (h, w):
-            raise ValueError(f"depth estimator returned shape {mono.shape} for a {h}x{w} view")
-        partners = [j for j in known if j != i and views[j] is not None]
-        partners = sorted(partners, key=lambda j: anchor_choice.camera_distance(cams[i], cams[j], scale))[: config.max_alignment_partners]
-        uv, z = keypoint_alignment(views[i], cams[i], [(views[j], cams[j]) for j in partners], config.match_method) if partners else (np.zeros((0, 2)), np.zeros(0))
-        keep = consistent_keypoints(mono, uv, z, space, seed=config.seed + i)
-        uv, z = uv[keep], z[keep]
-        if len(z) >= config.min_keypoints:
-            depths[i], depth_sources[i] = align_depth(mono, uv, z, bandwidth, space), f"keypoints ({len(z)})"
-        elif warped_depths[i] is not None and (warped_depths[i] > 0).sum() >= config.min_keypoints:
-            uv, z = warped_depth_points(warped_depths[i], masks[i], seed=config.seed + i)
-            depths[i], depth_sources[i] = align_depth(mono, uv, z, bandwidth, space), f"warped depth ({len(z)})"
-        else:
-            depths[i] = unaligned_depth(mono, space)
-            depth_sources[i] = "monocular (sets the scale)" if not partners else f"monocular ({len(z)} keypoints)"
+    def give_depth(view: ViewRecord, known: Sequence[ViewRecord]) -> None:
+        if view.depth is None:
+            partners = alignment_partners(view, known, scale, config.max_alignment_partners)
+            view.depth, view.depth_source = aligned_depth(view, partners, depth_estimator, config)
 
-    known = list(range(n_in))
-    pending = list(range(n_in, n))
+    known, pending = views[:n_in], views[n_in:]
     iterations: list[Iteration] = []
     bar = tqdm(total=len(targets), desc=f"generate ({backend.name})", unit="view", disable=not show_progress)
     while pending:
         t0 = time.perf_counter()
-        chunk = [pending[k] for k in anchor_choice.next_targets([cams[i] for i in known], [cams[i] for i in pending], per_call, scale)]
-        chosen = [known[k] for k in anchor_choice.choose_anchors([cams[i] for i in known], [cams[i] for i in chunk], config.num_anchors, scale)]
-        for a in chosen:
-            ensure_depth(a, known)
-        for t in chunk:
-            conditions[t], masks[t], warped_depths[t] = warp_anchors(
-                [views[a] for a in chosen], [depths[a] for a in chosen], [cams[a] for a in chosen], cams[t])
+        known_cameras = [v.camera for v in known]
+        chunk = [pending[k] for k in anchor_choice.next_targets(known_cameras, [v.camera for v in pending], per_call, scale)]
+        chosen = [known[k] for k in anchor_choice.choose_anchors(known_cameras, [v.camera for v in chunk], config.num_anchors, scale)]
+        for anchor in chosen:
+            give_depth(anchor, known)
+        for target in chunk:
+            target.condition, target.mask, target.warped_depth = warp_anchors(
+                [a.image for a in chosen], [a.depth for a in chosen], [a.camera for a in chosen], target.camera)
         generated = backend.generate(
-            np.stack([views[a] for a in chosen]), np.stack([conditions[t] for t in chunk]), np.stack([masks[t] for t in chunk]),
-            reference_cameras=[cams[a] for a in chosen], target_cameras=[cams[t] for t in chunk],
+            np.stack([a.image for a in chosen]), np.stack([t.condition for t in chunk]), np.stack([t.mask for t in chunk]),
+            reference_cameras=[a.camera for a in chosen], target_cameras=[t.camera for t in chunk],
             seed=config.seed + len(iterations),
         )
         if generated.shape != (len(chunk), h, w, 3):
             raise ValueError(f"backend {backend.name} returned shape {generated.shape}, expected {(len(chunk), h, w, 3)}")
-        for t, view in zip(chunk, generated):
-            if config.composite_known:
-                view = np.where(masks[t][..., None] > 0.5, conditions[t], view)
-            views[t] = np.clip(view, 0, 1).astype(np.float32)
-        known += chunk
+        for target, output in zip(chunk, generated):
+            target.image = finished_view(output, target.condition, target.mask, config.composite_known)
+        known = known + chunk
         pending = [p for p in pending if p not in chunk]
-        iterations.append(Iteration(chunk, chosen, [float(masks[t].mean()) for t in chunk], round(time.perf_counter() - t0, 3)))
+        iterations.append(Iteration([t.index for t in chunk], [a.index for a in chosen], [float(t.mask.mean()) for t in chunk],
+                                    round(time.perf_counter() - t0, 3)))
         bar.update(len(chunk))
     bar.close()
-    for i in range(n):  # views never used as anchors still get an aligned depth
-        ensure_depth(i, [j for j in known if j != i])
+    for view in views:  # views never used as anchors still get an aligned depth
+        give_depth(view, known)
     return GenerationResult(
-        images=np.stack(views), cameras=cams, depths=np.stack(depths), masks=np.stack(masks),
-        conditions=np.stack(conditions), is_input=np.arange(n) < n_in, depth_sources=depth_sources,
+        images=np.stack([v.image for v in views]), cameras=cams, depths=np.stack([v.depth for v in views]),
+        masks=np.stack([v.mask for v in views]), conditions=np.stack([v.condition for v in views]),
+        is_input=np.arange(len(views)) < n_in, depth_sources=[v.depth_source for v in views],
         iterations=iterations, backend=backend.name, seed=config.seed,
     )
