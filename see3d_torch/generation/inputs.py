@@ -191,10 +191,12 @@ def _colmap_cameras(images: Sequence[np.ndarray], fov_x_deg: float, seed: int = 
     length searched rather than left to bundle adjustment: on 3-6 views along a short path the
     focal is a nearly flat direction of the reprojection error, and COLMAP's refinement wandered
     along it (measured on 5-view, 30-degree synthetic orbits at 200 px: started at the true
-    focal, 2-7% off with up to 5 degrees of rotation error; started 25% off, up to 100% off). Each candidate is posed with its focal held fixed and scored by its mean
-    reprojection error; candidates that pose fewer images, or markedly fewer points than the
+    focal, 2-7% off with up to 5 degrees of rotation error; started 25% off, up to 100% off).
+    Each candidate is posed with its focal held fixed and scored by its mean reprojection
+    error; candidates that pose fewer images, or markedly fewer points than the
     best-populated one (`MIN_POINT_SHARE`: degenerate models fit the few points they keep
-    well), do not compete. Two images cannot tell the focal apart: they keep `fov_x_deg`."""
+    well), do not compete. Two images keep `fov_x_deg`: a pair constrains the focal only
+    weakly, through its fundamental matrix, and the search was not measured there."""
     from see3d_torch.splatting import colmap
 
     colmap.import_pycolmap()
