@@ -37,7 +37,7 @@ def stand_in_encoder(channels: int):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="tiny", help="training config: tiny, small or sd21")
+    parser.add_argument("--config", default="tiny", help="training config: a preset (tiny, small, sd21) or a recipe (demo, or a .py file)")
     parser.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the config's)")
     parser.add_argument("--views", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="global batch (samples)")
@@ -50,17 +50,17 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from see3d_jax.train import Trainer
-    from see3d_jax.train_config import preset
+    from see3d_jax.train_config import load_config
 
     overrides = list(args.overrides)
     for key, value in (("num_views", args.views), ("batch_size", args.batch), ("compute_dtype", args.dtype), ("remat", args.remat),
                        ("attention_implementation", args.attention)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    cfg = preset(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     if args.resolution is not None:
         size = args.resolution if cfg.unet.pixel_space else args.resolution // 8
-        cfg = preset(args.config, overrides + [f"unet.sample_size={size}"])
+        cfg = load_config(args.config, overrides + [f"unet.sample_size={size}"])
     encode = None if cfg.unet.pixel_space else stand_in_encoder(cfg.unet.sample_channels)
     trainer = Trainer(cfg, encode_fn=encode)
     state = trainer.init_state()

@@ -64,7 +64,7 @@ from see3d_jax import schedules
 from see3d_jax.attention import resolve_implementation
 from see3d_jax.sharding import (activation_sharding, batch_spec, constrain, logical_to_spec, make_mesh, process_zero_copy,
                                 variable_logical_axes)
-from see3d_jax.train_config import TrainConfig, preset
+from see3d_jax.train_config import TrainConfig, load_config
 from see3d_jax.unet import UNet, attention_matmul_flops, forward_flops, initial_parameters
 from see3d_jax.vae import LatentEncoder
 
@@ -614,7 +614,8 @@ def start_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m see3d_jax.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="named training config: tiny, small or sd21")
+    parser.add_argument("--config", required=True, help="training config: a preset (tiny, small, sd21), a recipe in "
+                        "see3d_jax/configs (demo) or a recipe .py file defining get_config()")
     parser.add_argument("--data", required=True, help="clip dataset directory (manifest.jsonl + clips)")
     parser.add_argument("--workdir", required=True, help="run directory (local or gs://) for checkpoints and logs")
     parser.add_argument("--data-shards", type=int, default=None, help="split clips into this many host shards (default: one per process)")
@@ -625,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_dir():
         parser.error(f"--data {args.data}: not a directory")
     start_distributed(args, parser)
-    config = preset(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
     summary = run(config, args.data, args.workdir, data_shards=args.data_shards, progress=not args.no_progress)
     if jax.process_index() == 0:
         print(json.dumps(summary))
