@@ -291,6 +291,10 @@ def test_see3d_reconstruct_from_a_video(orbit, tmp_path, capsys):
     assert metrics["held_out"]["views"] == [3, 7]
     assert set(metrics["held_out"]) == {"psnr", "ssim", "lpips", "views"}
     assert metrics["held_out"]["psnr"] == metrics["evaluations"][-1]["psnr"]
+    # a capture trains at SH degree 3 by default, and the PLY holds all of it (45 f_rest, as 3DGS writes)
+    ply = (out / "splat.ply").read_bytes()
+    assert b"property float f_rest_44\nproperty float opacity" in ply[:2000]
+    assert Gaussians.load_ply(out / "splat.ply").sh_degree == 3
     # a broken video: a clear error and exit code 2
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
     assert reconstruct_main([str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "o2")]) == 2

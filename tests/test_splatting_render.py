@@ -254,19 +254,26 @@ def test_input_errors_are_clear():
 
 def test_ply_round_trip_in_the_standard_layout(tmp_path):
     g = Gaussians.from_points(np.random.default_rng(0).normal(size=(17, 3)), np.random.default_rng(1).uniform(size=(17, 3)),
-                              np.full(17, 0.05), sh_degree=2, opacity=0.3)
+                              np.full(17, 0.05), sh_degree=3, opacity=0.3)
     g.shN.normal_()
     path = g.save_ply(tmp_path / "splat.ply")
     data = path.read_bytes()
     header = data[: data.index(b"end_header\n")].decode().splitlines()
     props = [line.split()[-1] for line in header if line.startswith("property")]
     assert header[:3] == ["ply", "format binary_little_endian 1.0", "element vertex 17"]
-    assert props == (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(24)]
+    assert props == (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
                      + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
     assert len(data) - data.index(b"end_header\n") - len(b"end_header\n") == 17 * len(props) * 4
     loaded = Gaussians.load_ply(path)
     for name, value in g.tensors().items():
         assert torch.allclose(getattr(loaded, name), value), name
+    # and renders the same view-dependent colours at degree 3
+    viewmats = torch.eye(4)[None].clone()
+    viewmats[0, 2, 3] = 4.0
+    Ks = torch.tensor([[[30.0, 0, 15], [0, 30.0, 15], [0, 0, 1]]])
+    assert loaded.sh_degree == 3
+    assert torch.allclose(loaded.render(viewmats, Ks, 31, 31)[0], g.render(viewmats, Ks, 31, 31)[0])
+    assert not torch.allclose(g.render(viewmats, Ks, 31, 31)[0], g.render(viewmats, Ks, 31, 31, sh_degree=0)[0], atol=1e-3)
     # f_rest is channel-major: f_rest_1 is the second coefficient of red
     table = np.frombuffer(data[data.index(b"end_header\n") + 11:], dtype=[(p, "<f4") for p in props])
     assert np.allclose(table["f_rest_1"], g.shN[:, 1, 0].numpy())

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=Path, help="folder of .npy z-depth maps, one per image (depth initialisation)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--time-limit", type=float, help="stop training after this many seconds")
-    p.add_argument("--sh-degree", type=int, default=0)
+    p.add_argument("--sh-degree", type=int, choices=range(4),
+                   help="spherical-harmonics degree of the colours (also the PLY's); default 3 for a COLMAP workspace, "
+                        "photos or a video (real captures look different from different sides), 0 for views with --cameras")
     p.add_argument("--init-points", type=int, default=30_000)
     p.add_argument("--lpips-weight", type=float, default=0.1, help="0 disables the LPIPS loss")
     p.add_argument("--depth-weight", type=float, default=0.0)
@@ -106,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         eval_views = tuple(range(args.holdout_every - 1, len(images), args.holdout_every)) if args.holdout_every > 0 else ()
         result = reconstruct(
             images, cameras, depths, points=capture.points, point_colors=capture.point_colors,
-            steps=args.steps, time_limit_s=args.time_limit, sh_degree=args.sh_degree, init_points=args.init_points,
+            steps=args.steps, time_limit_s=args.time_limit, init_points=args.init_points,
+            sh_degree=args.sh_degree if args.sh_degree is not None else 0 if capture.source == "cameras" else 3,
             lpips_weight=args.lpips_weight, depth_weight=args.depth_weight, refine_cameras=args.refine_cameras,
             camera_refinement_method=args.camera_method,
             exposure_compensation=args.exposure, eval_views=eval_views, eval_every=args.eval_every,
