@@ -113,6 +113,58 @@ def test_antialiased_mode_and_radius_clip_match_dense_reference():
         R.rasterization(*args, radius_clip=-1.0)
 
 
+def test_packed_mode_matches_dense_reference_and_dense_mode():
+    """`packed=True` keeps only the drawn (camera, Gaussian) pairs (gsplat's layout): the images
+    are the dense reference's, the pairs are exactly the drawn ones, and gradients (parameters,
+    means2d, the densification statistic) equal the dense mode's."""
+    from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
+
+    s = random_scene(requires_grad=True)
+    sh = torch.cat([((s["colors"] - 0.5) / 0.28209479177387814)[:, None],
+                    0.3 * torch.randn(120, 3, 3, generator=torch.Generator().manual_seed(1))], 1).detach().requires_grad_(True)
+    viewmats, Ks = camera()
+    viewmats = torch.cat([viewmats, viewmats])
+    viewmats[1, 0, 3] = 2.5  # the second camera looks past part of the scene
+    Ks = torch.cat([Ks, Ks])
+    bg = torch.tensor([[0.2, 0.5, 0.7], [0.1, 0.1, 0.1]])
+    weights = torch.rand(2, 29, 37, 3, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for packed in (False, True):
+        img, alpha, meta = R.rasterization(s["means"], s["quats"], s["scales"], s["opacities"], sh, viewmats, Ks, 37, 29,
+                                           sh_degree=1, backgrounds=bg, rasterize_mode="antialiased", packed=packed,
+                                           backend="torch")
+        (img * weights).sum().backward()
+        strategy = DensificationStrategy(DensificationConfig(), 1.0)
+        strategy._accumulate(meta, 120, "cpu")
+        grads = {k: v.grad.clone() for k, v in {**s, "sh": sh}.items() if v.grad is not None}
+        for v in [*s.values(), sh]:
+            v.grad = None
+        results[packed] = img.detach(), alpha.detach(), meta, grads, strategy.grad2d, strategy.count
+    img, alpha, meta, grads, grad2d, count = results[True]
+    dense_img, dense_alpha, dense_meta, dense_grads, dense_grad2d, dense_count = results[False]
+    drawn = (dense_meta["radii"] > 0).all(-1)
+    assert 30 < int(drawn[1].sum()) < int(drawn[0].sum()) - 20  # camera 1 misses some: packing drops pairs
+    assert torch.equal(torch.stack([meta["camera_ids"], meta["gaussian_ids"]]), torch.stack(torch.nonzero(drawn, as_tuple=True)))
+    assert meta["means2d"].shape == (int(drawn.sum()), 2) and meta["radii"].shape == (int(drawn.sum()), 2)
+    # images: the dense reference, camera by camera, with SH colours and compensated opacities
+    colours = R.colors_from_sh(s["means"], sh, viewmats, 1).detach()
+    projected = R.project_gaussians(s["means"], s["quats"], s["scales"], viewmats, Ks, 37, 29)
+    for c in range(2):
+        opacity = s["opacities"].detach() * projected["compensations"][c].detach()
+        ref, ref_alpha = dense_reference(dense_meta["means2d"][c].detach(), dense_meta["conics"][c].detach(), opacity,
+                                         colours[c], dense_meta["depths"][c].detach(), dense_meta["radii"][c], 37, 29, bg[c])
+        np.testing.assert_allclose(img[c].double().numpy(), ref.numpy(), atol=2e-5)
+        np.testing.assert_allclose(alpha[c].double().numpy(), ref_alpha.numpy(), atol=2e-5)
+    np.testing.assert_allclose(img.numpy(), dense_img.numpy(), atol=1e-6)
+    assert set(grads) == set(dense_grads) == {"means", "quats", "scales", "opacities", "sh"}
+    for name in grads:
+        np.testing.assert_allclose(grads[name].numpy(), dense_grads[name].numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
+    packed_means2d_grad = meta["means2d"].grad
+    np.testing.assert_allclose(packed_means2d_grad.numpy(), dense_meta["means2d"].grad[drawn].numpy(), rtol=1e-4, atol=1e-9)
+    assert float(grad2d.abs().max()) > 0 and torch.equal(count, dense_count)
+    np.testing.assert_allclose(grad2d.numpy(), dense_grad2d.numpy(), rtol=1e-4, atol=1e-9)
+
+
 def test_gradients_match_dense_reference_including_camera_pose():
     """Gradients of a loss with respect to every Gaussian parameter and to a camera pose
     correction agree between the tiled renderer (batched, checkpointed) and the reference."""

@@ -12,7 +12,8 @@ The rules are the published ones, with gsplat's `DefaultStrategy` defaults:
   earn their opacity back or be pruned. (gsplat 1.5.3's DefaultStrategy never does this,
   because of an operator-precedence slip; here it happens.)
 
-One strategy serves both backends: it only reads `means2d.grad` and `radii` from the
+One strategy serves both backends and both layouts (dense, and `packed`, where the rows are the
+drawn pairs named by `gaussian_ids`): it only reads `means2d.grad` and `radii` from the
 rasterizer's meta. Optimiser state (Adam moments) follows every edit: copied for clones and
 splits, dropped for pruned Gaussians, zeroed for reset opacities.
 """
@@ -87,16 +88,20 @@ class DensificationStrategy:
         means2d = meta["means2d"]
         if means2d.grad is None:
             raise RuntimeError("densification needs means2d.grad: call it after loss.backward() on a render of this step")
-        grads = means2d.grad.detach().clone()  # [C, N, 2]
+        grads = means2d.grad.detach().clone()  # [C, N, 2], or [nnz, 2] packed
         grads[..., 0] *= meta["width"] / 2.0 * meta["n_cameras"]
         grads[..., 1] *= meta["height"] / 2.0 * meta["n_cameras"]
-        drawn = (meta["radii"] > 0).all(dim=-1)  # [C, N]
+        drawn = (meta["radii"] > 0).all(dim=-1)  # [C, N], or [nnz]
         if self.grad2d is None or self.grad2d.numel() != num:
             self.grad2d = torch.zeros(num, device=device)
             self.count = torch.zeros(num, device=device)
         norms = grads.norm(dim=-1) * drawn
-        self.grad2d += norms.sum(dim=0)
-        self.count += drawn.sum(dim=0).to(self.count.dtype)
+        if "gaussian_ids" in meta:  # packed: one row per drawn (camera, Gaussian) pair
+            self.grad2d.index_add_(0, meta["gaussian_ids"], norms.to(self.grad2d.dtype))
+            self.count.index_add_(0, meta["gaussian_ids"], drawn.to(self.count.dtype))
+        else:
+            self.grad2d += norms.sum(dim=0)
+            self.count += drawn.sum(dim=0).to(self.count.dtype)
 
     def step_post_backward(
         self, params: dict[str, nn.Parameter], optimizers: dict, meta: dict, step: int, can_refine: bool = True

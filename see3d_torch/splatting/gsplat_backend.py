@@ -23,6 +23,7 @@ def _import_gsplat():
 def rasterize(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
     sh_degree, backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, radius_clip=0.0, rasterize_mode="classic",
+    packed=False,
 ):
     if not means.is_cuda:
         raise ValueError("backend='gsplat' needs CUDA tensors; move the Gaussians to a GPU or use backend='torch'")
@@ -33,7 +34,7 @@ def rasterize(
     Ks_gsplat[:, 1, 2] += 0.5
     render_colors, render_alphas, info = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks_gsplat, int(width), int(height),
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, packed=False,
+        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, packed=packed,
         tile_size=tile_size, backgrounds=backgrounds, render_mode=render_mode, radius_clip=radius_clip,
         rasterize_mode=rasterize_mode,
     )
@@ -41,8 +42,8 @@ def rasterize(
     if means2d.requires_grad:
         means2d.retain_grad()  # densification reads the screen-space gradient
     radii = info["radii"]
-    if radii.ndim == 2:  # older gsplat: one radius per Gaussian
-        radii = radii[..., None].expand(-1, -1, 2)
+    if radii.shape[-1] != 2:  # older gsplat: one radius per Gaussian
+        radii = radii[..., None].expand(*radii.shape, 2)
     meta = {
         # in gsplat's pixel convention (+0.5); densification only reads its gradient
         "means2d": means2d,
@@ -55,4 +56,6 @@ def rasterize(
         "backend": "gsplat",
         "gsplat_info": info,
     }
+    if packed:
+        meta.update(camera_ids=info["camera_ids"], gaussian_ids=info["gaussian_ids"])
     return render_colors, render_alphas, meta

@@ -200,6 +200,7 @@ def rasterization(
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
     rasterize_mode: str = "classic",
+    packed: bool = False,
     tile_size: int | None = None,
     backend: str = "auto",
     pair_budget: int = tiled.DEFAULT_PAIR_BUDGET,
@@ -216,7 +217,11 @@ def rasterization(
         backgrounds [C, D] (colour channels only) is added where the splats are transparent.
         radius_clip: Gaussians whose projected 3-sigma radii are both at most this (pixels) are
         skipped. rasterize_mode: "classic" or "antialiased" (opacities times the eps2d
-        compensation, see the module docstring). Both as gsplat's arguments of the same names.
+        compensation, see the module docstring). packed: the per-(camera, Gaussian) outputs
+        hold only the drawn pairs (see Returns); on the CPU the colours (SH) are evaluated and
+        the Gaussians binned for those pairs alone, which saves work when many Gaussians are
+        out of view. The images are the same either way. All three as gsplat's arguments of
+        the same names.
         backend: "auto" (gsplat for CUDA tensors when installed, else "torch"), "torch", "gsplat".
         tile_size: pixels per tile side; default 16 for gsplat, 4 for the torch renderer (small
         tiles follow small footprints closely, which is what costs time on a CPU).
@@ -226,7 +231,9 @@ def rasterization(
         render_colors [C, H, W, channels], render_alphas [C, H, W, 1] and a meta dict with
         what densification needs: "means2d" [C, N, 2] (its .grad is filled by backward),
         "radii" [C, N, 2] (0 = not drawn), "depths" [C, N], "width", "height",
-        "n_cameras", "backend".
+        "n_cameras", "backend". With `packed`, "means2d" [nnz, 2], "radii" [nnz, 2], "depths"
+        [nnz] and "conics" [nnz, 3] hold the drawn (camera, Gaussian) pairs only, named by
+        "camera_ids" [nnz] and "gaussian_ids" [nnz] (gsplat's packed layout).
     """
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, render_mode)
     if backend not in BACKENDS:
@@ -244,12 +251,12 @@ def rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size or 16,
-            radius_clip=radius_clip, rasterize_mode=rasterize_mode,
+            radius_clip=radius_clip, rasterize_mode=rasterize_mode, packed=packed,
         )
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
         backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size or tiled.DEFAULT_TILE_SIZE, pair_budget,
-        radius_clip, rasterize_mode,
+        radius_clip, rasterize_mode, packed,
     )
 
 
@@ -259,37 +266,46 @@ def _gsplat_available() -> bool:
     return importlib.util.find_spec("gsplat") is not None
 
 
+def camera_centres(viewmats: torch.Tensor) -> torch.Tensor:
+    """[C, 3] centres of w2c matrices [C, 4, 4]: -R^T t."""
+    return -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])
+
+
 def colors_from_sh(means: torch.Tensor, coefficients: torch.Tensor, viewmats: torch.Tensor, sh_degree: int) -> torch.Tensor:
     """Per-camera colours [C, N, 3] from SH coefficients, viewed from each camera's centre."""
-    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
-    centres = -torch.einsum("cji,cj->ci", R, t)  # camera centre = -R^T t
-    directions = means[None] - centres[:, None]
+    directions = means[None] - camera_centres(viewmats)[:, None]
     return (spherical_harmonics(sh_degree, directions, coefficients[None].expand(len(viewmats), -1, -1, -1)) + 0.5).clamp_min(0.0)
 
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
     backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, pair_budget, radius_clip, rasterize_mode,
+    packed=False,
 ):
     projected = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
                                   radius_clip)
+    num_cameras = viewmats.shape[0]
+    if packed:  # keep the drawn (camera, Gaussian) pairs only, as flat [nnz, ...] tensors
+        camera_ids, gaussian_ids = torch.nonzero((projected["radii"] > 0).all(-1), as_tuple=True)
+        projected = {name: value[camera_ids, gaussian_ids] for name, value in projected.items()}
     means2d, conics, depths, radii = projected["means2d"], projected["conics"], projected["depths"], projected["radii"]
     if means2d.requires_grad:
         means2d.retain_grad()  # densification reads the screen-space gradient
-    num_cameras = viewmats.shape[0]
-    if sh_degree is not None:
-        features = colors_from_sh(means, colors, viewmats, sh_degree)
+    # per pair: [C, N, ...], or [nnz, ...] when packed
+    if sh_degree is None:
+        features = colors[gaussian_ids] if packed else colors[None].expand(num_cameras, -1, -1)
+    elif packed:  # each pair's colour seen from its camera's centre
+        directions = means[gaussian_ids] - camera_centres(viewmats)[camera_ids]
+        features = (spherical_harmonics(sh_degree, directions, colors[gaussian_ids]) + 0.5).clamp_min(0.0)
     else:
-        features = colors[None].expand(num_cameras, -1, -1)
+        features = colors_from_sh(means, colors, viewmats, sh_degree)
     if render_mode in ("D", "ED"):
         features = depths[..., None]
     elif render_mode in ("RGB+D", "RGB+ED"):
         features = torch.cat([features, depths[..., None]], dim=-1)
-
-    if rasterize_mode == "antialiased":  # [C, N]: the opacities differ per camera
-        opacities = opacities[None] * projected["compensations"]
-    else:
-        opacities = opacities[None].expand(num_cameras, -1)
+    opacities = opacities[gaussian_ids] if packed else opacities[None].expand(num_cameras, -1)
+    if rasterize_mode == "antialiased":  # the opacities differ per camera
+        opacities = opacities * projected["compensations"]
     with torch.no_grad():
         # draw every pixel where alpha can reach 1/255: |d|_Q <= sqrt(2 ln(255 o)) (gsplat's
         # opacity-aware box: at most 3.33 sigma, less for fainter Gaussians)
@@ -303,8 +319,9 @@ def _rasterize_torch(
             background = backgrounds[c]
             if render_mode in ("RGB+D", "RGB+ED"):
                 background = torch.cat([background, background.new_zeros(1)])
+        mine = camera_ids == c if packed else c
         image, alpha = tiled.rasterize_tiled(
-            means2d[c], conics[c], opacities[c], features[c], depths[c], extents[c], width, height,
+            means2d[mine], conics[mine], opacities[mine], features[mine], depths[mine], extents[mine], width, height,
             background, tile_size, pair_budget,
         )
         images.append(image)
@@ -323,4 +340,6 @@ def _rasterize_torch(
         "n_cameras": num_cameras,
         "backend": "torch",
     }
+    if packed:
+        meta.update(camera_ids=camera_ids, gaussian_ids=gaussian_ids)
     return render_colors, render_alphas, meta
