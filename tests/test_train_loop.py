@@ -85,3 +85,22 @@ def test_new_options_are_validated():
     with pytest.raises(ValueError, match="prefetch_batches"):
         preset("tiny", ["prefetch_batches=-1"])
     assert preset("sd21").vae_dtype == "bfloat16" and preset("sd21").attention_implementation == "auto"
+
+
+def test_gpu_benchmark_script_pieces_run_on_the_cpu():
+    """benchmarks/bench_train_gpu.py (one prepared GPU call): its torch step runs, it reads
+    bench_train's indented JSON and knows the peak of the GPUs it names. The whole script ran
+    with --tiny on this CPU (benchmarks/RESULTS.md); a full run is minutes of compiling."""
+    import importlib.util
+    from pathlib import Path
+
+    from see3d_core import unet_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_train_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.torch_step(unet_config.tiny().replace(sample_size=8).to_dict(), views=2, batch=1, steps=1)
+    assert result["samples_per_s"] > 0 and np.isfinite(result["loss"]) and result["image_size"] == 8
+    assert bench._last_json('warning\n{\n "a": 1,\n "b": {\n  "c": 2\n }\n}\n') == {"a": 1, "b": {"c": 2}}
+    assert bench.peak_tflops_of("NVIDIA H200") == 989.0 and bench.peak_tflops_of("Quadro") is None
