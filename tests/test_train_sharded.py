@@ -234,3 +234,39 @@ def test_exports_read_each_parameter_from_its_shards(env, tmp_path):
     assert result["items"] == ["ema", "params", "step"] and result["restored_equal"] and result["layout"]
     opt_files = list((tmp_path / "export").rglob("*opt_state*"))
     assert not opt_files  # no optimizer state in the export
+
+
+@pytest.mark.slow
+def test_export_copy_across_processes_reaches_process_zero_only(env, tmp_path):
+    """Two processes x 2 devices: a parameter split over all 4 devices (FSDP across hosts) is
+    gathered for process 0; one whose blocks all live on process 0's devices is not."""
+    code = textwrap.dedent(f"""
+        import json, sys, jax, numpy as np
+        jax.distributed.initialize("127.0.0.1:{_free_port()}", num_processes=2, process_id=int(sys.argv[1]))
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.experimental import multihost_utils
+        from see3d_jax.sharding import process_zero_copy
+        mesh = jax.make_mesh((2, 2), ("data", "fsdp"))
+        values = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+        across = jax.make_array_from_callback(values.shape, NamedSharding(mesh, P(("data", "fsdp"))), lambda i: values[i])
+        # blocks over "fsdp" only, replicated over "data": process 0 holds every block itself
+        local = jax.make_array_from_callback(values.shape, NamedSharding(mesh, P("fsdp")), lambda i: values[i])
+        gathers = []
+        original = multihost_utils.process_allgather
+        multihost_utils.process_allgather = lambda x, tiled=False: (gathers.append(x.shape), original(x, tiled=tiled))[1]
+        out = process_zero_copy({{"across": across, "local": local}})
+        print(json.dumps({{"process": jax.process_index(), "gathers": len(gathers),
+                          "across": None if out["across"] is None else bool(np.array_equal(out["across"], values)),
+                          "local": None if out["local"] is None else bool(np.array_equal(out["local"], values))}}))
+    """)
+    e = _with_devices(env, 2)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    zero, one = sorted(results, key=lambda r: r["process"])
+    assert zero == {"process": 0, "gathers": 1, "across": True, "local": True}  # only the split parameter was gathered
+    assert one == {"process": 1, "gathers": 1, "across": None, "local": None}  # nothing kept on the other host
