@@ -38,7 +38,8 @@ import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from see3d_core.released_layout import UNET_VARIANTS, model_folder_files, read_unet_config, released_unet_dir
+from see3d_core.released_layout import (CONFIG_FILE, UNET_VARIANTS, WEIGHTS_FILE, model_folder_files, read_unet_config,
+                                        released_unet_dir)
 from see3d_core.unet_config import UNetConfig
 from see3d_core.weights import WeightsError, resolve_weights, safetensors_header
 from see3d_jax import convert
@@ -73,11 +74,18 @@ def open_source(init_from: str, variant: str = "sparse") -> Source:
         if not any(k.startswith(LDM_PREFIX) for k in safetensors_header(path)):
             raise WeightsError(f"init_from={init_from}: no tensor under {LDM_PREFIX!r}: not an SD-2.1 / MVDream LDM checkpoint")
         return Source("ldm", path, None, prefix=LDM_PREFIX, skip=CAMERA_KEYS)
-    folder = resolve_weights(init_from, argument="init_from")
+    if variant not in UNET_VARIANTS:
+        raise ValueError(f"init_from_variant must be one of {UNET_VARIANTS}, got {variant!r}")
+    # a repository id fetches only what is read here: a model folder's two files, or the
+    # released root's index and one UNet (not the other UNets, the VAE or the encoders)
+    unet = released_unet_dir(".", variant).as_posix().lstrip("./")
+    wanted = ["model_index.json", f"{unet}/*", CONFIG_FILE, WEIGHTS_FILE]
+    folder = resolve_weights(init_from, argument="init_from", allow_patterns=wanted + [f"*/{p}" for p in wanted])
+    nested = sorted(folder.glob("*/model_index.json"))  # a release kept one level down (MVD_weights/)
+    if not (folder / "model_index.json").is_file() and not (folder / CONFIG_FILE).is_file() and len(nested) == 1:
+        folder = nested[0].parent
     kind = "model"
     if (folder / "model_index.json").is_file():
-        if variant not in UNET_VARIANTS:
-            raise ValueError(f"init_from_variant must be one of {UNET_VARIANTS}, got {variant!r}")
         folder, kind = released_unet_dir(folder, variant), "released"
     config_file, weights = model_folder_files(folder)
     safetensors_header(weights)  # a truncated download is named here, not deep inside a read

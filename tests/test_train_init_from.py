@@ -265,3 +265,21 @@ def test_a_run_starts_from_init_from_and_ignores_it_when_resuming(tmp_path):
     assert started["step"] == 0 and started["format"] == "model" and started["init_from"].endswith("diffusion_pytorch_model.safetensors")
     ignored = next(e for e in events if e.get("event") == "init_from_ignored")
     assert ignored["step"] == 1 and "resumed" in ignored["reason"]
+
+
+def test_a_repository_id_resolves_from_the_hub_cache_one_level_down(config, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    torch.manual_seed(8)
+    release = _write_released(tmp_path / "release", config.unet, MultiViewUNet(config.unet, camera_dim=12).eval(), camera_dim=12)
+    commit = "0123456789abcdef0123456789abcdef01234567"  # huggingface_hub's layout: models--owner--name/snapshots/<commit>
+    repo_dir = tmp_path / "hub" / "models--owner--see3d"
+    shutil.copytree(release, repo_dir / "snapshots" / commit / "MVD_weights")
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = pretrained.open_source("owner/see3d", "sparse")  # HF_HUB_OFFLINE=1 in the suite: the cache only
+    assert source.kind == "released" and source.path.parts[-5:] == ("MVD_weights", "unet", "sparse", "ema-checkpoint",
+                                                                    "diffusion_pytorch_model.safetensors")
