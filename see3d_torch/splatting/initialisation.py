@@ -1,4 +1,7 @@
-"""Where the Gaussians start when the views come with structure-from-motion points.
+"""Where the Gaussians start: `initial_gaussians` picks and builds the initialisation of a run.
+
+Without SfM points the Gaussians start from the given depth maps (one per sampled training
+pixel, as for generated views) or at random in the volume the cameras see.
 
 A few thousand SfM points make a few thousand blurred Gaussians, which a CPU run of a few hundred
 steps cannot grow into a sharp scene (issue 19: 1,768 points on a real orbit video ended at
@@ -15,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from see3d_core.cameras import Camera, pixel_grid
+from see3d_torch.splatting.gaussians import Gaussians
 
 
 def visible_points(points: np.ndarray, camera: Camera, occlusion_radius_px: float = 3.0,
@@ -65,3 +69,35 @@ def sfm_depth_maps(points: np.ndarray, cameras: Sequence[Camera], occlusion_radi
         inverse = np.where(np.isfinite(inverse), inverse, nearest)
         depths.append((1.0 / inverse).astype(np.float32))
     return depths
+
+
+def initial_gaussians(config, images, cameras: Sequence[Camera], train_views: Sequence[int], init_views: Sequence[int],
+                      depths, points, scene_scale: float) -> Gaussians:
+    """The Gaussians a `ReconstructionConfig` run starts from (`config.init`, see there).
+
+    images: [V, H, W, 3] tensor of all views; depths: per-view depth maps or None; points: (SfM
+    points [N, 3], colours [N, 3]) or None; init_views: the views whose pixels the (sfm-)depth
+    initialisations use (training views); scene_scale: the random initialisation's unit."""
+    init = config.init
+    if init == "auto":
+        init = "sfm-depth" if points is not None else "depth" if depths is not None else "random"
+    if init in ("points", "sfm-depth") and points is None:
+        raise ValueError(f"init={init!r} needs points (structure-from-motion points)")
+    if init == "depth" and depths is None:
+        raise ValueError("init='depth' needs depths")
+    if init == "points":
+        return Gaussians.from_sfm_points(points[0], points[1], config.sh_degree, config.init_opacity, config.seed,
+                                         radius_factor=config.init_scale)
+    if init in ("depth", "sfm-depth"):
+        if any(i not in train_views for i in init_views):
+            raise ValueError(f"init_views {list(init_views)} must be training views (not held out)")
+        init_cameras = [cameras[i] for i in init_views]
+        init_depths = [depths[i] for i in init_views] if init == "depth" else sfm_depth_maps(points[0], init_cameras)
+        return Gaussians.from_depths(
+            [images[i].numpy() for i in init_views], init_depths, init_cameras,
+            max_points=config.init_points, pixel_footprint=config.init_footprint_px, sh_degree=config.sh_degree,
+            opacity=config.init_opacity, seed=config.seed,
+        )
+    near, far = config.random_init_depths
+    return Gaussians.in_frustums(config.init_points, [cameras[i] for i in train_views], near * scene_scale,
+                                 far * scene_scale, config.sh_degree, 0.1, config.seed)

@@ -47,7 +47,7 @@ from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCo
 from see3d_torch.splatting.depth_registration import depth_disagreement, register_depth_maps
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
-from see3d_torch.splatting.initialisation import sfm_depth_maps
+from see3d_torch.splatting.initialisation import initial_gaussians
 from see3d_torch.splatting.rendering import rasterization
 
 
@@ -433,36 +433,13 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
             cameras[view] = cam
 
     scale = scene_scale([cameras[i] for i in train_views])
-    init = config.init
-    if init == "auto":
-        init = "sfm-depth" if points is not None else "depth" if depths is not None else "random"
-    if init in ("points", "sfm-depth") and points is None:
-        raise ValueError(f"init={init!r} needs points (structure-from-motion points)")
-    if init == "depth" and depths is None:
-        raise ValueError("init='depth' needs depths")
-    if init == "points":
-        gaussians = Gaussians.from_sfm_points(points[0], points[1], config.sh_degree, config.init_opacity, config.seed,
-                                              radius_factor=config.init_scale)
-    elif init in ("depth", "sfm-depth"):
-        if config.init_views is not None:
-            init_views = list(config.init_views)
-        elif photometric_poses:  # each view's own points would pin its pose: init from a few
-            init_views = [train_views[i] for i in _evenly_spaced(len(train_views), config.camera_round_init_views)]
-        else:
-            init_views = train_views
-        if any(i not in train_views for i in init_views):
-            raise ValueError(f"init_views {list(config.init_views)} must be training views (not held out)")
-        init_depths = ([depths[i] for i in init_views] if init == "depth"
-                       else sfm_depth_maps(points[0], [cameras[i] for i in init_views]))
-        gaussians = Gaussians.from_depths(
-            [images_t[i].numpy() for i in init_views], init_depths, [cameras[i] for i in init_views],
-            max_points=config.init_points, pixel_footprint=config.init_footprint_px, sh_degree=config.sh_degree,
-            opacity=config.init_opacity, seed=config.seed,
-        )
+    if config.init_views is not None:
+        init_views = list(config.init_views)
+    elif photometric_poses:  # each view's own points would pin its pose: (sfm-)depth init from a few
+        init_views = [train_views[i] for i in _evenly_spaced(len(train_views), config.camera_round_init_views)]
     else:
-        near, far = config.random_init_depths
-        gaussians = Gaussians.in_frustums(config.init_points, [cameras[i] for i in train_views], near * scale, far * scale,
-                                          config.sh_degree, 0.1, config.seed)
+        init_views = train_views
+    gaussians = initial_gaussians(config, images_t, cameras, train_views, init_views, depths, points, scale)
     gaussians = gaussians.to(device)
 
     params = {name: nn.Parameter(t.clone()) for name, t in gaussians.tensors().items()}
