@@ -42,6 +42,7 @@ def test_colmap_cameras_match_the_true_orbit(orbit_views):
     assert np.linalg.norm(aligned - true_centres, axis=1).max() < 0.03 * radius
 
 
+@pytest.mark.slow  # twelve SfM runs
 def test_colmap_corrects_a_wrong_assumed_focal_length(orbit_views):
     pytest.importorskip("pycolmap", reason="the 'colmap' extra is not installed")
     cams, images = orbit_views
@@ -59,6 +60,8 @@ def test_colmap_corrects_a_wrong_assumed_focal_length(orbit_views):
             est_rel = est[i].c2w[:3, :3].T @ est[j].c2w[:3, :3]
             true_rel = cams[i].c2w[:3, :3].T @ cams[j].c2w[:3, :3]
             assert rotation_angle_deg(est_rel, true_rel) < 3.0, (i, j)
+    held = inputs.estimate_cameras(images, fov_x_deg=75.0, method="colmap", search_focal=False)
+    np.testing.assert_allclose(held[0].K, inputs.intrinsics_from_fov(75.0, 200, 200))  # a focal known to be right stays
 
 
 def test_colmap_with_two_images(orbit_views):

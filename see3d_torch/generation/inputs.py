@@ -87,14 +87,15 @@ def _sampson_refine(R: np.ndarray, t: np.ndarray, p0: np.ndarray, p1: np.ndarray
 
 
 def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, method: str = "two_view",
-                     min_matches: int = 30) -> list[Camera]:
+                     min_matches: int = 30, search_focal: bool = True) -> list[Camera]:
     """Cameras for 2+ RGB images in [0, 1] of a static scene, by `method` (one of
     `CAMERA_METHODS`, see the module docstring).
 
     The first camera is the world origin and the first two centres are one unit apart. All
     images share one pinhole camera with the principal point at the centre: `two_view` keeps the
     focal length of `fov_x_deg`, `colmap` searches it from there for 3+ images (see
-    `_colmap_cameras`). `min_matches` is the two-view method's minimum of SIFT matches between
+    `_colmap_cameras`; `search_focal=False` holds a focal known to be right: one SfM run instead
+    of eleven). `min_matches` is the two-view method's minimum of SIFT matches between
     the first two images. Raises ValueError naming the images that could not be registered:
     try the other method or pass cameras in a JSON file then."""
     if method not in CAMERA_METHODS:
@@ -108,7 +109,7 @@ def estimate_cameras(images: Sequence[np.ndarray], fov_x_deg: float = 60.0, meth
         K = intrinsics_from_fov(fov_x_deg, w, h)
         cameras = [Camera(K, c2w, w, h) for c2w in _two_view_c2ws(images, K, min_matches)]
     else:
-        cameras = _colmap_cameras(images, fov_x_deg)
+        cameras = _colmap_cameras(images, fov_x_deg, search_focal)
     return [Camera(cam.K, c2w, w, h) for cam, c2w in zip(cameras, _anchored_to_first_pair([c.c2w for c in cameras]))]
 
 
@@ -185,7 +186,7 @@ MIN_POINT_SHARE = 0.8
 ERROR_TIE = 0.03
 
 
-def _colmap_cameras(images: Sequence[np.ndarray], fov_x_deg: float, seed: int = 0) -> list[Camera]:
+def _colmap_cameras(images: Sequence[np.ndarray], fov_x_deg: float, search_focal: bool = True, seed: int = 0) -> list[Camera]:
     """Incremental SfM (`see3d_torch.splatting.colmap.run_sfm`, one shared SIMPLE_PINHOLE camera,
     principal point at the centre) on the images written to a temporary folder, with the focal
     length searched rather than left to bundle adjustment: on 3-6 views along a short path the
@@ -223,7 +224,7 @@ def _colmap_cameras(images: Sequence[np.ndarray], fov_x_deg: float, seed: int = 
                 failures[log_focal] = err
 
         pose(0.0)
-        if len(images) > 2:
+        if search_focal and len(images) > 2:
             step = np.log(FOCAL_STEP)
             for k in range(1, FOCAL_STEPS + 1):
                 pose(k * step)
