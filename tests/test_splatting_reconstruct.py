@@ -223,3 +223,15 @@ def test_time_limit_skips_refinements_that_could_not_settle(world):
     # history times are taken just after the decision)
     per_step = seconds[refined_at[-1]] / (refined_at[-1] + 1)
     assert limit - seconds[refined_at[-1]] >= per_step * (every / 2 - 1)
+
+
+def test_higher_sh_degrees_train_from_their_step_on(world):
+    """shN stays out of the graph (and Adam) until its degree is active, then learns."""
+    _, cameras, images, depths = world
+    options = dict(init_points=500, progress=False, lpips_weight=0.0, densification=None, num_threads=1, sh_degree=2,
+                   sh_degree_interval=4)
+    early = reconstruct(images, cameras, depths, steps=4, **options)
+    assert early.gaussians.sh_degree == 2 and torch.count_nonzero(early.gaussians.shN) == 0
+    late = reconstruct(images, cameras, depths, steps=10, **options)
+    learned = late.gaussians.shN.abs().amax(dim=(0, 2))  # per coefficient
+    assert (learned[:3] > 1e-4).all() and (learned[3:] > 1e-4).all()  # degree 1 from step 4, degree 2 from step 8

@@ -231,7 +231,9 @@ def _camera_tensors(cameras: Sequence[Camera], device) -> tuple[torch.Tensor, to
 
 def _render(gaussians_or_params, viewmats, Ks, width, height, config, sh_degree, render_mode="RGB"):
     p = gaussians_or_params
-    sh = torch.cat([p["sh0"], p["shN"][:, : (sh_degree + 1) ** 2 - 1]], dim=1)  # only the active degrees: no copy of the rest
+    # only the active degrees: no copy of the rest, and at degree 0 shN stays out of the graph, so
+    # Adam skips it (45 of 59 numbers per Gaussian at degree 3) until its degree is reached
+    sh = p["sh0"] if sh_degree == 0 else torch.cat([p["sh0"], p["shN"][:, : (sh_degree + 1) ** 2 - 1]], dim=1)
     bg = torch.tensor(config.background, dtype=torch.float32, device=viewmats.device)[None].expand(len(viewmats), -1)
     return rasterization(
         p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["opacity_logits"]), sh,
