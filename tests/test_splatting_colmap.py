@@ -13,7 +13,8 @@ from see3d_core.cameras import Camera, intrinsics_matrix, rotation_angle_deg, sc
 from see3d_core.images import to_uint8, write_png
 from see3d_core.videos import write_mp4
 from see3d_torch.splatting import Gaussians, reconstruct
-from see3d_torch.splatting.capture import load_capture, read_video_frames
+from see3d_torch.splatting.capture import load_capture, read_video_frames, sfm_frame_side
+from see3d_torch.splatting.colmap import SfMConfig
 from see3d_torch.splatting.cli import main as reconstruct_main
 from see3d_torch.splatting.gaussians import nearest_neighbour_radii
 
@@ -152,6 +153,20 @@ def test_structure_from_motion_recovers_a_synthetic_orbit(orbit, tmp_path):
     for a, b in zip(again.cameras, capture.cameras):
         np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-12)
         np.testing.assert_allclose(a.K, b.K, atol=1e-12)
+    # posed at SfMConfig.max_image_side (160 here), trained at max_side (80): the cameras are the
+    # SfM ones rescaled to the training images
+    assert sfm_frame_side(320, SfMConfig()) == 640 and sfm_frame_side(1000, SfMConfig()) == 1000
+    assert sfm_frame_side(None, SfMConfig()) is None and sfm_frame_side(320, SfMConfig(max_image_side=None)) is None
+    small = load_capture(tmp_path / "photos", workspace=tmp_path / "ws_small", max_side=80,
+                         sfm_config=SfMConfig(max_image_side=160))
+    assert {im.shape for im in small.images} == {(80, 80, 3)}
+    assert cv2.imread(str(tmp_path / "ws_small" / "images" / "frame_0000.png")).shape == (160, 160, 3)
+    posed = load_capture(tmp_path / "ws_small")  # the model as SfM wrote it, at 160 px
+    for a, b in zip(small.cameras, posed.cameras):
+        assert (a.width, a.height) == (80, 80)
+        np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-12)
+        np.testing.assert_allclose(a.K, b.resized(80, 80).K, atol=1e-12)
+    np.testing.assert_allclose(small.points, posed.points)
 
 
 def test_sfm_points_initialise_the_gaussians(orbit):

@@ -5,8 +5,9 @@
 - a COLMAP workspace: `sparse/0` (or `sparse/`) and the images in `images/` (distorted camera
   models are undistorted by pycolmap into `workspace/undistorted` first);
 - a folder of photos without cameras, or a video file: up to `max_frames` images (evenly
-  spaced), shrunk to `max_side`, written to `workspace/images`, and posed by pycolmap
-  structure from motion (`colmap.run_sfm`), which writes the COLMAP workspace there.
+  spaced), written to `workspace/images` at `SfMConfig.max_image_side` (or `max_side` if
+  larger), posed by pycolmap structure from motion (`colmap.run_sfm`), which writes the COLMAP
+  workspace there, and shrunk to `max_side` for training.
 
 Cameras are rescaled to the images' size when the two differ (images downscaled after SfM, or
 by `max_side`). Images come back as float32 RGB [H, W, 3] in [0, 1].
@@ -142,8 +143,19 @@ def load_colmap_workspace(workspace: Path, image_dir: Path | None = None, max_si
     return Capture(images, model.cameras, model.image_names, *_usable_points(model), "colmap", workspace)
 
 
-def structure_from_motion(frames: Sequence[np.ndarray], workspace: Path, sfm_config=None) -> Capture:
-    """Write `frames` (uint8 BGR) to `workspace/images` and pose them with pycolmap SfM.
+def sfm_frame_side(max_side: int | None, sfm_config=None) -> int | None:
+    """The longer side frames are posed at: `SfMConfig.max_image_side`, or the training size
+    `max_side` when that is larger (None: as read)."""
+    from see3d_torch.splatting.colmap import SfMConfig
+
+    sfm_side = (sfm_config or SfMConfig()).max_image_side
+    return None if max_side is None or sfm_side is None else max(max_side, sfm_side)
+
+
+def structure_from_motion(frames: Sequence[np.ndarray], workspace: Path, sfm_config=None,
+                          max_side: int | None = None) -> Capture:
+    """Write `frames` (uint8 BGR) to `workspace/images` and pose them with pycolmap SfM; the
+    capture's images are those frames shrunk to `max_side`, with the cameras rescaled.
     Unregistered frames are left out of the capture (SfM fails when too many are)."""
     from see3d_torch.splatting import colmap
 
@@ -158,7 +170,7 @@ def structure_from_motion(frames: Sequence[np.ndarray], workspace: Path, sfm_con
         if not cv2.imwrite(str(image_dir / f"frame_{i:04d}.png"), frame):
             raise OSError(f"cannot write {image_dir / f'frame_{i:04d}.png'}")
     model = colmap.run_sfm(image_dir, workspace, sfm_config)
-    images, model = _match_images_to_model(model, image_dir, None)
+    images, model = _match_images_to_model(model, image_dir, max_side)
     return Capture(images, model.cameras, model.image_names, *_usable_points(model), "sfm", workspace)
 
 
@@ -184,7 +196,8 @@ def load_capture(
             raise ValueError(f"{source}: a video's frames are posed by structure from motion; --cameras applies to an images folder")
         if workspace is None:
             raise ValueError(f"{source}: structure from motion needs a workspace folder to write to")
-        return structure_from_motion(read_video_frames(source, max_frames, max_side), workspace, sfm_config)
+        frames = read_video_frames(source, max_frames, sfm_frame_side(max_side, sfm_config))
+        return structure_from_motion(frames, workspace, sfm_config, max_side)
     if source.is_file():
         raise ValueError(f"{source}: expected a folder of images, a COLMAP workspace or a video "
                          f"({', '.join(VIDEO_SUFFIXES)})")
@@ -209,8 +222,8 @@ def load_capture(
         raise ValueError(f"{source}: no cameras (no cameras file, no COLMAP sparse model); structure from motion needs "
                          "a workspace folder to write to")
     paths = image_paths(source)
-    frames = [read_image(paths[i], max_side) for i in evenly_spaced(len(paths), max_frames)]
+    frames = [read_image(paths[i], sfm_frame_side(max_side, sfm_config)) for i in evenly_spaced(len(paths), max_frames)]
     if len({f.shape for f in frames}) > 1:
         raise ValueError(f"{source}: the photos have different sizes {sorted({f.shape[:2] for f in frames})}; "
                          "structure from motion here assumes one camera")
-    return structure_from_motion(frames, workspace, sfm_config)
+    return structure_from_motion(frames, workspace, sfm_config, max_side)

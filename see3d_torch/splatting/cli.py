@@ -6,10 +6,12 @@ INPUT is one of
 - a COLMAP workspace (`sparse/0` and `images/`); distorted camera models are undistorted into
   `DIR/colmap/undistorted`;
 - a folder of photos without cameras, or a video file: `--max-frames` images spread evenly,
-  shrunk to `--max-side`, posed by pycolmap structure from motion, which writes its COLMAP
-  workspace to `DIR/colmap` (the cameras also go to `DIR/cameras.json`).
-Gaussians start at the SfM points when there are any, else at the `--depths` (a folder of .npy
-z-depth maps, same order), else at random in the cameras' view.
+  posed by pycolmap structure from motion at `--sfm-max-side` (more points than at the training
+  size), which writes its COLMAP workspace to `DIR/colmap` (the cameras also go to
+  `DIR/cameras.json`), then shrunk to `--max-side` for training.
+Gaussians start from the SfM points when there are any (at training pixels, at depths
+interpolated between the points), else at the `--depths` (a folder of .npy z-depth maps, same
+order), else at random in the cameras' view.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int,
                    help="shrink images so that their longer side is at most this (cameras are rescaled to match); "
                         f"default {DEFAULT_SFM_MAX_SIDE} for videos and photos without cameras, else the images' size")
+    p.add_argument("--sfm-max-side", type=int, default=640,
+                   help="videos and photos without cameras: pose the frames at this longer side, or at --max-side if "
+                        "larger (default 640; 0: as read). Larger frames give SfM more points to start the Gaussians from")
     p.add_argument("--sfm-matcher", default="exhaustive", choices=["exhaustive", "sequential"],
                    help="structure from motion: match every pair, or each image with its 10 neighbours (long videos)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -98,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         if max_side is None and needs_sfm:
             max_side = DEFAULT_SFM_MAX_SIDE
         capture = load_capture(args.input, cameras_file=args.cameras, workspace=args.out / "colmap",
-                               max_frames=args.max_frames, max_side=max_side, sfm_config=SfMConfig(matcher=args.sfm_matcher))
+                               max_frames=args.max_frames, max_side=max_side, sfm_config=SfMConfig(matcher=args.sfm_matcher, max_image_side=args.sfm_max_side or None))
         if capture.source != "cameras":
             print(f"cameras: {len(capture.cameras)} from {capture.source} ({capture.workspace}), "
                   f"{0 if capture.points is None else len(capture.points)} SfM points, f = {capture.cameras[0].K[0, 0]:.1f} px at "
