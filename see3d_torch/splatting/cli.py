@@ -24,7 +24,7 @@ import numpy as np
 
 from see3d_torch.splatting.capture import load_images  # noqa: F401  (the demo reads its views with it)
 
-DEFAULT_SFM_MAX_SIDE = 320  # frames the kit poses itself: a CPU-sized default
+DEFAULT_CAPTURE_MAX_SIDE = 320  # training size of frames the kit poses itself: a CPU-sized default
 
 
 def load_depths(folder: Path, count: int) -> list[np.ndarray]:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos and photos without cameras: at most this many images, spread evenly (default 40)")
     p.add_argument("--max-side", type=int,
                    help="shrink images so that their longer side is at most this (cameras are rescaled to match); "
-                        f"default {DEFAULT_SFM_MAX_SIDE} for videos and photos without cameras, else the images' size")
+                        f"default {DEFAULT_CAPTURE_MAX_SIDE} for videos and photos without cameras, else the images' size")
     p.add_argument("--sfm-max-side", type=int, default=640,
                    help="videos and photos without cameras: pose the frames at this longer side, or at --max-side if "
                         "larger (default 640; 0: as read). Larger frames give SfM more points to start the Gaussians from")
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         max_side = args.max_side
         needs_sfm = args.cameras is None and (args.input.is_file() or find_sparse_model(args.input) is None)
         if max_side is None and needs_sfm:
-            max_side = DEFAULT_SFM_MAX_SIDE
+            max_side = DEFAULT_CAPTURE_MAX_SIDE
         capture = load_capture(args.input, cameras_file=args.cameras, workspace=args.out / "colmap",
                                max_frames=args.max_frames, max_side=max_side, sfm_config=SfMConfig(matcher=args.sfm_matcher, max_image_side=args.sfm_max_side or None))
         if capture.source != "cameras":
