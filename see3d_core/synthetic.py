@@ -139,29 +139,30 @@ class Plane:
     waving: bool = False  # non-rigid: the texture flows and waves with time
 
 
+@dataclasses.dataclass(kw_only=True)
+class Motion:
+    """A straight-line motion that starts at `start_time` (objects of dynamic-scene videos)."""
+
+    velocity: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
+    start_time: float = 0.0  # the object rests until then
+
+    def center_at(self, time: float) -> np.ndarray:
+        return self.center + max(0.0, time - self.start_time) * self.velocity
+
+
 @dataclasses.dataclass
-class Box:
+class Box(Motion):
     center: np.ndarray
     half_size: np.ndarray
     yaw_deg: float
     texture: int
-    velocity: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
-    start_time: float = 0.0  # the object rests until then
-
-    def center_at(self, time: float) -> np.ndarray:
-        return self.center + max(0.0, time - self.start_time) * self.velocity
 
 
 @dataclasses.dataclass
-class Sphere:
+class Sphere(Motion):
     center: np.ndarray
     radius: float
     texture: int
-    velocity: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
-    start_time: float = 0.0  # the object rests until then
-
-    def center_at(self, time: float) -> np.ndarray:
-        return self.center + max(0.0, time - self.start_time) * self.velocity
 
 
 @dataclasses.dataclass
