@@ -239,8 +239,11 @@ def main(argv=None) -> dict:
                   f"({trained:.0f} s training)", flush=True)
     from see3d_jax.train_config import preset
 
-    write_report(root, {n: results[n] for n in names}, batch_size=preset("small", overrides).batch_size)
-    write_sample_grid(root, {n: results[n] for n in names}, args.sample_steps)
+    # the report shows this command's plan (segments measured by a longer earlier plan stay in table3.json)
+    planned = {args.steps * k // args.segments for k in range(1, args.segments + 1)}
+    reported = {n: [s for s in results[n] if s["steps"] in planned] for n in names}
+    write_report(root, reported, batch_size=preset("small", overrides).batch_size)
+    write_sample_grid(root, reported, args.sample_steps)
     print((root / "table3.md").read_text())
     print(f"table3: {time.perf_counter() - t0:.0f} s; {root / 'table3.json'}, {root / 'table3.md'}, {root / 'curves.png'}, "
           f"{root / 'samples.png'}")

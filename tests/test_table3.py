@@ -60,6 +60,13 @@ def test_every_variant_trains_in_segments_then_the_report_is_written(table3, tmp
     assert calls["train"] == []
     stored = json.loads((tmp_path / "table3.json").read_text())["variants"]
     assert [s["steps"] for s in stored["posed_warp"]] == [3, 6, 9]
+    calls["samples"].clear()
+    module.main(["--out", str(tmp_path), "--steps", "6", "--segments", "2", "--devices", "1"])  # a shorter plan
+    assert calls["train"] == [] and calls["samples"] == [f"{n}/ema_000006" for n in module.VARIANTS]
+    report = (tmp_path / "table3.md").read_text()
+    table = report.split("Curves")[0]
+    assert " 48 |" in table and " 72 |" not in table  # the table's budget is the plan's last segment (6 steps x batch 8)
+    assert len(json.loads((tmp_path / "table3.json").read_text())["variants"]["masked"]) == 3  # nothing measured is dropped
 
 
 def test_bad_arguments_are_named(table3, tmp_path, capsys):
