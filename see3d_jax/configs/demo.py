@@ -3,7 +3,11 @@ video-like clips with the time-dependent visual condition (MV-UnposeT, Eq. 2-3).
 
 Rebuild it with `see3d demo-checkpoint --workdir RUN` (README: "The demo"): the command writes
 `DATA` with `see3d dataset`, trains this config (on a CPU split over 4 XLA devices) and exports
-the EMA weights.
+the EMA weights. The embedded model then trained a second leg, the same line with `steps=2500`
+(the run resumes at step 1,500 with its optimizer and EMA; the cosine, now over 2,500 steps,
+restarts at 40% of the peak): 1,500 steps left its holes ~1 dB behind OpenCV's inpainting on
+validation scenes, 2,500 level with it (RESULTS, issue 18). 47 + 37 minutes on the shared
+2-core CPU.
 
 Why these choices (benchmarks/RESULTS.md, issue 18):
 - time_dependent rather than posed warps: in the Table 3 miniature the pose-free condition
