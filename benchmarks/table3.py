@@ -78,12 +78,12 @@ def held_out_samples(weights: Path, seeds: list[int], sample_steps: int, batch: 
     import jax
     import jax.numpy as jnp
 
-    from see3d_jax.unet import load_weights
+    from see3d_jax.convert import from_pretrained
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_small_pixel import held_out_views, make_generator, reference_warps
 
-    model = load_weights(str(weights))
+    model = from_pretrained(weights)
     generate = make_generator(model, sample_steps)
     for start in range(0, len(seeds), batch):
         data = [held_out_views(s, model.config.sample_size) for s in seeds[start:start + batch]]
