@@ -176,8 +176,12 @@ def side_by_side(out: str) -> str:
 
     held_out = json.loads(Path(out, "metrics.json").read_text())["held_out"]
     posed = load_capture(Path(out, "colmap")).names  # the frames SfM registered, in view order
-    pairs = [np.vstack([cv2.imread(f"{out}/colmap/images/{posed[v]}"), cv2.imread(f"{out}/renders/view_{v:03d}.png")])
-             for v in held_out["views"]]
+    pairs = []
+    for v in held_out["views"]:
+        render = cv2.imread(f"{out}/renders/view_{v:03d}.png")
+        truth = cv2.imread(f"{out}/colmap/images/{posed[v]}")  # SfM may have posed larger frames
+        truth = cv2.resize(truth, render.shape[1::-1], interpolation=cv2.INTER_AREA)
+        pairs.append(np.vstack([truth, render]))
     cv2.imwrite(f"{out}/side_by_side.png", np.hstack(pairs))
     return f"{out}/side_by_side.png"
 
