@@ -330,14 +330,11 @@ def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
 
     config = load_config(args.recipe, args.overrides)
     summary = run(config, str(data), str(work / "train"), progress=not args.no_progress)
-    ema = work / "train" / "ema"
-    out = Path(args.out) if args.out else None
-    if out is None:
-        from see3d_torch.generation.demo import DEFAULT_CHECKPOINT
+    from see3d_torch.generation.demo import DEFAULT_CHECKPOINT
 
-        out = DEFAULT_CHECKPOINT
+    out = Path(args.out) if args.out else DEFAULT_CHECKPOINT
     out.mkdir(parents=True, exist_ok=True)
-    for f in ema.iterdir():
+    for f in (work / "train" / "ema").iterdir():
         if f.is_file():
             shutil.copyfile(f, out / f.name)
     _print_summary("see3d demo-checkpoint wrote", {"checkpoint": str(out), "data": str(data), "train": summary,
