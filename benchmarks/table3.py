@@ -47,19 +47,11 @@ PAPER = {"masked": 16.14, "time_dependent": 25.56, "posed_warp": 26.21, "mix20":
 
 
 def write_data(root: Path, scenes: int, frames: int, size: int, seed: int) -> Path:
-    """Posed synthetic orbits with their pair warps (the unposed variants never read the poses)."""
-    from see3d_core.clips import write_synthetic_dataset
-    from see3d_torch.warp import write_dataset_pair_warps
+    """Posed synthetic orbits with their pair warps (the unposed variants never read the poses):
+    `see3d dataset` into RUN/data, once."""
+    from see3d_cli.main import write_dataset_once
 
-    data, done = root / "data", root / "data.done"
-    if done.is_file():
-        return data
-    if data.exists():
-        shutil.rmtree(data)
-    write_synthetic_dataset(data, scenes, frames_per_clip=frames, width=size, height=size, seed=seed, posed=True)
-    write_dataset_pair_warps(data, size)
-    done.write_text(json.dumps({"scenes": scenes, "frames": frames, "size": size, "seed": seed}))
-    return data
+    return write_dataset_once(root / "data", {"scenes": scenes, "frames": frames, "size": size, "seed": seed})
 
 
 def train_variant(name: str, data: Path, root: Path, steps: int, overrides: list[str]) -> Path:

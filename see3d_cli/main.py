@@ -91,23 +91,54 @@ def _print_summary(title: str, summary: dict, seconds: float) -> None:
     print(json.dumps(summary, indent=1))
 
 
-def _cmd_dataset(args: argparse.Namespace) -> int:
+DATASET_ARGUMENTS = ("scenes", "frames", "size", "seed", "unposed")  # what `see3d dataset` takes (recipes' DATA)
+
+
+def write_dataset(out: Path, scenes: int, frames: int, size: int, seed: int, unposed: bool = False) -> dict:
+    """`see3d dataset`: `scenes` synthetic orbits as a clip dataset of `frames` frames of size x
+    size in `out`; posed clips (cameras and depths) also get their pair warps at that size (the
+    "posed_warp" condition; other sizes: `see3d pair-warps`). Returns the summary."""
     from see3d_core.clips import ClipDataset, write_synthetic_dataset
 
+    if scenes < 1 or frames < 2 or size < 8:
+        raise ValueError(f"expected --scenes >= 1, --frames >= 2, --size >= 8; got {scenes}, {frames}, {size}")
+    write_synthetic_dataset(out, scenes, frames_per_clip=frames, width=size, height=size, seed=seed, posed=not unposed)
+    summary = {"out": str(out), "clips": len(ClipDataset(out).entries()), "frames_per_clip": frames,
+               "size": size, "posed": not unposed, "seed": seed}
+    if not unposed:
+        from see3d_torch.warp import write_dataset_pair_warps
+
+        summary["pair_warps"] = write_dataset_pair_warps(out, size)
+    return summary
+
+
+def write_dataset_once(data: Path, spec: dict) -> Path:
+    """`see3d dataset` with the arguments `spec` (`DATASET_ARGUMENTS`; "unposed" optional) into
+    `data`, once: `data.done` beside it records the spec when the data is complete, and a rerun
+    that finds the same spec there keeps the data (another spec, or an interrupted write, writes
+    it again from scratch). Used by `see3d demo-checkpoint` (a recipe's DATA) and
+    benchmarks/table3.py."""
+    import shutil
+
+    unknown = sorted(set(spec) - set(DATASET_ARGUMENTS))
+    if unknown:
+        raise ValueError(f"dataset arguments {unknown} unknown; expected some of {list(DATASET_ARGUMENTS)}")
+    done = data.with_name(data.name + ".done")
+    if done.is_file() and json.loads(done.read_text()) == spec:
+        return data
+    if data.exists():
+        shutil.rmtree(data)
+    write_dataset(data, spec["scenes"], spec["frames"], spec["size"], spec["seed"], spec.get("unposed", False))
+    done.write_text(json.dumps(spec))
+    return data
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out}: not empty; choose a new directory (clip datasets are not overwritten)")
-    if args.scenes < 1 or args.frames < 2 or args.size < 8:
-        raise ValueError(f"expected --scenes >= 1, --frames >= 2, --size >= 8; got {args.scenes}, {args.frames}, {args.size}")
     t0 = time.perf_counter()
-    write_synthetic_dataset(out, args.scenes, frames_per_clip=args.frames, width=args.size, height=args.size,
-                            seed=args.seed, posed=not args.unposed)
-    summary = {"out": str(out), "clips": len(ClipDataset(out).entries()), "frames_per_clip": args.frames,
-               "size": args.size, "posed": not args.unposed, "seed": args.seed}
-    if not args.unposed:  # the posed condition's warps at the dataset's size (other sizes: see3d pair-warps)
-        from see3d_torch.warp import write_dataset_pair_warps
-
-        summary["pair_warps"] = write_dataset_pair_warps(out, args.size)
+    summary = write_dataset(out, args.scenes, args.frames, args.size, args.seed, args.unposed)
     _print_summary("see3d dataset wrote", summary, time.perf_counter() - t0)
     return 0
 
@@ -313,18 +344,10 @@ def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     t0 = time.perf_counter()
-    data, done = work / "data", work / "data.done"
     spec = dict(getattr(recipe, "DATA", {}))
     if not spec:
         raise ValueError(f"--recipe {args.recipe}: the recipe defines no DATA (the arguments of `see3d dataset`)")
-    if not done.is_file() or json.loads(done.read_text()) != spec:
-        from see3d_core.clips import write_synthetic_dataset
-
-        if data.exists():
-            shutil.rmtree(data)
-        write_synthetic_dataset(data, spec["scenes"], frames_per_clip=spec["frames"], width=spec["size"],
-                                height=spec["size"], seed=spec["seed"], posed=not spec.get("unposed", False))
-        done.write_text(json.dumps(spec))
+    data = write_dataset_once(work / "data", spec)
     from see3d_jax.train import run
     from see3d_jax.train_config import load_config
 

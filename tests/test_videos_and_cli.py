@@ -75,6 +75,21 @@ def test_dataset_command_writes_posed_training_clips(tmp_path, capsys):
     assert cli.main(["dataset", "--out", str(tmp_path / "bad"), "--scenes", "0"]) == 2
 
 
+def test_dataset_is_written_once_per_spec(tmp_path):
+    """`write_dataset_once` (see3d demo-checkpoint's and Table 3's data): kept for the same spec,
+    written again for another, unknown arguments named."""
+    spec = {"scenes": 1, "frames": 2, "size": 8, "seed": 3, "unposed": True}
+    data = cli.write_dataset_once(tmp_path / "data", spec)
+    assert data == tmp_path / "data" and clips.ClipDataset(data).validate() == 1
+    assert json.loads((tmp_path / "data.done").read_text()) == spec
+    (data / "kept").write_text("")
+    assert cli.write_dataset_once(data, dict(spec)) == data and (data / "kept").is_file()  # same spec: kept
+    cli.write_dataset_once(data, {**spec, "scenes": 2})  # another spec: written again from scratch
+    assert not (data / "kept").exists() and clips.ClipDataset(data).validate() == 2
+    with pytest.raises(ValueError, match="unpose"):
+        cli.write_dataset_once(tmp_path / "other", {**spec, "unpose": True})
+
+
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "see3d_cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout
