@@ -66,6 +66,16 @@ def reference_warps(views: np.ndarray, depths: np.ndarray, K: np.ndarray, c2w: n
     return jnp.asarray(warped, jnp.float32), jnp.asarray(masks)
 
 
+def held_out_batches(seeds: list[int], size: int, batch: int = 4):
+    """The held-out test's inputs in batches of `batch` scenes: (index of the batch's first seed,
+    views [B, 4, S, S, 3] in [-1, 1] (numpy), their reference warps and masks (`reference_warps`))."""
+    for start in range(0, len(seeds), batch):
+        data = [held_out_views(s, size) for s in seeds[start:start + batch]]
+        views, depths, K, c2w = (np.stack(x) for x in zip(*data))
+        warped, masks = reference_warps(views, depths, K, c2w)
+        yield start, views, warped, masks
+
+
 def make_generator(model, sample_steps: int, guidance: float = 0.0):
     """A jitted `generate(views, warped, masks, key)` -> samples [B, V, S, S, 3]: view 0 is the
     reference, the others are generated from [reference; warps + masks] (Eq. 20) by DDIM."""
@@ -118,10 +128,7 @@ def main(argv=None) -> dict:
     se_known_model, se_known_warp, n_known = 0.0, 0.0, 0
     t0 = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.scenes))
-    for i in range(0, len(seeds), args.batch):
-        data = [held_out_views(s, size) for s in seeds[i:i + args.batch]]
-        views, depths, K, c2w = (np.stack(x) for x in zip(*data))
-        warped_in, masks_in = reference_warps(views, depths, K, c2w)
+    for i, views, warped_in, masks_in in held_out_batches(seeds, size, args.batch):
         views = jnp.asarray(views)
         samples = [jax.device_get(generate(views, warped_in, masks_in, jax.random.fold_in(jax.random.PRNGKey(i), k)))
                    for k in range(args.samples)]

@@ -73,14 +73,11 @@ def held_out_samples(weights: Path, seeds: list[int], sample_steps: int, batch: 
     from see3d_jax.convert import from_pretrained
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from eval_small_pixel import held_out_views, make_generator, reference_warps
+    from eval_small_pixel import held_out_batches, make_generator
 
     model = from_pretrained(weights)
     generate = make_generator(model, sample_steps)
-    for start in range(0, len(seeds), batch):
-        data = [held_out_views(s, model.config.sample_size) for s in seeds[start:start + batch]]
-        views, depths, K, c2w = (np.stack(x) for x in zip(*data))
-        warped, masks = reference_warps(views, depths, K, c2w)
+    for start, views, warped, masks in held_out_batches(seeds, model.config.sample_size, batch):
         yield views, np.asarray(warped), np.asarray(masks), np.asarray(generate(jnp.asarray(views), warped, masks, jax.random.PRNGKey(start)))
 
 

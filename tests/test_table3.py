@@ -77,3 +77,18 @@ def test_bad_arguments_are_named(table3, tmp_path, capsys):
     with pytest.raises(SystemExit):
         module.main(["--out", str(tmp_path), "--steps", "2", "--segments", "3"])
     assert "--segments" in capsys.readouterr().err
+
+
+def test_held_out_batches_are_the_test_inputs_of_both_evaluations():
+    """benchmarks/eval_small_pixel.py's held-out inputs, which table3's held_out_samples reads too:
+    batches of scenes, view 0 the reference (kept as it is, mask 1), views 1-3 its warps."""
+    spec = importlib.util.spec_from_file_location("eval_small_pixel", ROOT / "benchmarks" / "eval_small_pixel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    batches = list(module.held_out_batches([900_000, 900_001, 900_002], 16, batch=2))
+    assert [b[0] for b in batches] == [0, 2] and [b[1].shape for b in batches] == [(2, 4, 16, 16, 3), (1, 4, 16, 16, 3)]
+    start, views, warped, masks = batches[1]
+    np.testing.assert_array_equal(views[0], module.held_out_views(900_002, 16)[0])  # the batch's own seed
+    np.testing.assert_array_equal(np.asarray(warped)[:, 0], views[:, 0])
+    masks = np.asarray(masks)
+    assert masks.shape == (1, 4, 16, 16, 1) and np.all(masks[:, 0] == 1) and 0 < masks[:, 1:].mean() < 1  # holes
