@@ -98,9 +98,7 @@ def evaluate(weights: Path, scenes: int, sample_steps: int, seed: int = EVAL_SEE
             per_scene["warp_psnr"].append(float(metrics.psnr(warp[b], truth[b]).mean()))
             per_scene["ssim"].append(float(metrics.ssim(pred[b], truth[b]).mean()))
             per_scene["lpips"].append(float(metrics.lpips(pred[b], truth[b]).mean()))
-            h = hole[b][:, None].expand_as(pred[b])
-            mse = float(((pred[b] - truth[b])[h] ** 2).mean()) if h.any() else float("nan")
-            per_scene["hole_psnr"].append(-10 * np.log10(max(mse, 1e-12)) if h.any() else float("nan"))
+            per_scene["hole_psnr"].append(metrics.masked_psnr(pred[b], truth[b], hole[b][:, None]))
     summary = {}
     for key, values in per_scene.items():
         v = np.array([x for x in values if np.isfinite(x)])

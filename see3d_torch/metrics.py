@@ -1,7 +1,8 @@
 """Image metrics for evaluation and losses: PSNR, SSIM and LPIPS, in torch.
 
 All three take images in [0, 1] shaped `[B, 3, H, W]` or `[3, H, W]` and return one value
-per image (`[B]`, or a scalar for a single image).
+per image (`[B]`, or a scalar for a single image). `masked_psnr` is one PSNR pooled over the
+selected pixels of images of any layout (the hole or known pixels of generated views).
 
 LPIPS is the real metric (Zhang et al. 2018): an AlexNet or VGG16 trunk, unit-normalised
 features of five layers, learned linear heads, spatial mean. The weights come from the files
@@ -52,6 +53,19 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     value = -10.0 * torch.log10(mse.clamp_min(1e-12))
     return value[0] if single else value
+
+
+def masked_psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] over the pixels `where` (bool, broadcast to the images'
+    shape, any layout): one MSE pooled over all the selected values, `-10 log10(MSE)` as `psnr`.
+    NaN when `where` selects nothing (e.g. hole pixels of a view without holes)."""
+    if a.shape != b.shape:
+        raise ValueError(f"images must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    where = where.to(torch.bool).expand(torch.broadcast_shapes(where.shape, a.shape))
+    if not bool(where.any()):
+        return float("nan")
+    mse = float(((a - b)[where] ** 2).mean())
+    return float(-10 * np.log10(max(mse, 1e-12)))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

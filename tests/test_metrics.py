@@ -26,6 +26,22 @@ def test_psnr_known_value_and_shapes():
     assert batch.shape == (2,) and float(batch[1]) == pytest.approx(40.0, abs=1e-3)
 
 
+def test_masked_psnr_pools_the_selected_pixels():
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[0, :, :, :2] = 0.1  # view 0's left half off by 0.1, the rest exact
+    b[1, :, :, :2] = 0.01
+    left = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    left[..., :2] = True  # broadcast over the channels
+    pooled = -10 * np.log10((0.1**2 + 0.01**2) / 2)  # one MSE over both views' selected pixels
+    assert metrics.masked_psnr(a, b, left) == pytest.approx(pooled, abs=1e-4)
+    assert metrics.masked_psnr(a[0], b[0], left[0]) == pytest.approx(20.0, abs=1e-4)
+    assert metrics.masked_psnr(a, b, ~left) == pytest.approx(120.0)  # exact pixels: the 1e-12 floor
+    assert np.isnan(metrics.masked_psnr(a, b, torch.zeros(1, dtype=torch.bool)))  # nothing selected
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.masked_psnr(a, b[0], left)
+
+
 def test_ssim_uses_unit_data_range():
     from pytorch_msssim import ssim as reference
 

@@ -138,11 +138,13 @@ def image_metrics(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], 
 
 
 def _pooled_psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float | None:
-    """PSNR of the squared error pooled over the pixels `where` (None when there are none)."""
-    if not where.any():
-        return None
-    mse = float(((a - b) ** 2)[where].mean())
-    return float(-10 * np.log10(max(mse, 1e-12)))
+    """`metrics.masked_psnr` of numpy views (None when `where` selects no pixel)."""
+    import torch
+
+    from see3d_torch import metrics
+
+    value = metrics.masked_psnr(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(where))
+    return None if np.isnan(value) else value
 
 
 def known_and_hole_metrics(generated: np.ndarray, conditions: np.ndarray, masks: np.ndarray, truth: np.ndarray) -> dict:
@@ -151,7 +153,7 @@ def known_and_hole_metrics(generated: np.ndarray, conditions: np.ndarray, masks:
     the condition itself against the truth, the output against the condition) and the holes'
     quality (the output against the truth). A model that reproduces its condition exactly has
     known_psnr == condition_known_psnr."""
-    known = np.broadcast_to(masks[..., None] > 0.5, generated.shape)
+    known = masks[..., None] > 0.5  # [N, H, W, 1], broadcast over the colour channels
     return {
         "known_psnr": _pooled_psnr(generated, truth, known),
         "condition_known_psnr": _pooled_psnr(conditions, truth, known),
@@ -307,6 +309,7 @@ def reconstruct_run(run: Path, out: Path, cameras: Path | None = None, steps: in
     """Gaussian Splatting on a `see3d generate` output folder (views/, cameras.json and
     depths/*.npy, which initialise the Gaussians), or on a folder of images with `cameras`."""
     from see3d_core import trajectories
+    from see3d_torch.splatting.camera_refinement import CameraRefinementConfig
     from see3d_torch.splatting.cli import load_depths, load_images
     from see3d_torch.splatting.export import export_reconstruction
     from see3d_torch.splatting.reconstruct import reconstruct
@@ -323,7 +326,7 @@ def reconstruct_run(run: Path, out: Path, cameras: Path | None = None, steps: in
     if len(cams) != len(images):
         raise ValueError(f"{cameras or run / 'cameras.json'}: {len(cams)} cameras for {len(images)} images")
     depths = load_depths(run / "depths", len(images)) if generated and (run / "depths").is_dir() else None
-    result = reconstruct(images, cams, depths, steps=steps, lpips_weight=lpips_weight, refine_cameras=refine_cameras,
-                         progress=progress)
+    result = reconstruct(images, cams, depths, steps=steps, lpips_weight=lpips_weight, progress=progress,
+                         camera_refinement=CameraRefinementConfig() if refine_cameras else None)
     written = export_reconstruction(result, out, flythrough_frames=video_frames)
     return {**written, "views": len(images), "gaussians": len(result.gaussians), "depth_init": depths is not None}
