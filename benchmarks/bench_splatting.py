@@ -7,15 +7,15 @@
 - reconstruct: 24 views of 128x128 with exact cameras (every 8th held out), training stopped
   at a 5-minute time limit; held-out PSNR/SSIM/LPIPS;
 - cameras: the same views with cameras perturbed by 2 degrees and 2% of the scene scale (one
-  run per perturbation seed), refined by `reconstruct(..., refine_cameras=True)` with the exact
+  run per perturbation seed), refined by `reconstruct(..., camera_refinement=CameraRefinementConfig(method))` with the exact
   depths (`--camera-method`: `depth`: the depth registration, then `--camera-steps` of scene
   training; `photometric`: alternating rounds, then a joint phase of `--camera-steps`; `auto`
-  (reconstruct's default: the depth registration, then the photometric stages only if the
+  (the default method: the depth registration, then the photometric stages only if the
   depth maps still disagree smoothly)); mean
   rotation error (after removing one global rotation) before and after;
 - rough_depths (not in the default run): 12 views of 64x64, the same perturbation, depths
   exact or made rough (1% per-pixel noise; a 2% scale error per view; a smooth 2%-amplitude
-  warp per view, like aligned monocular depths), `reconstruct(..., refine_cameras=True, steps=300)` with `--camera-method`: which
+  warp per view, like aligned monocular depths), `reconstruct(..., camera_refinement=..., steps=300)` with `--camera-method`: which
   method `auto` chose, the depth disagreement after the ICP, the rotation error;
 - capture (not in the default run): the real-capture acceptance, `see3d-reconstruct VIDEO --out
   DIR --holdout-every 8 --time-limit T --threads 1` on a video (`--video`, default the orbit in
@@ -106,12 +106,14 @@ def bench_reconstruct(time_limit: float, num_threads: int | None) -> dict:
 
 def bench_cameras(steps: int, num_threads: int | None, seed: int, method: str) -> dict:
     from see3d_torch.splatting import reconstruct
-    from see3d_torch.splatting.camera_refinement import perturb_cameras, rotation_errors_deg, translation_errors
+    from see3d_torch.splatting.camera_refinement import (
+        CameraRefinementConfig, perturb_cameras, rotation_errors_deg, translation_errors,
+    )
 
     scene, cams, images, depths = _world(24, 128)
     noisy = perturb_cameras(cams, rotation_deg=2.0, translation=0.02 * scene.scale, seed=seed)
     start = time.perf_counter()
-    result = reconstruct(images, noisy, depths, steps=steps, refine_cameras=True, camera_refinement_method=method,
+    result = reconstruct(images, noisy, depths, steps=steps, camera_refinement=CameraRefinementConfig(method=method),
                          num_threads=num_threads, progress=False)
     before, after = rotation_errors_deg(noisy, cams), rotation_errors_deg(result.cameras, cams)
     return {
@@ -151,7 +153,7 @@ def rough_depths(depths, kind: str, rng: np.random.Generator) -> list[np.ndarray
 
 def bench_rough_depths(num_threads: int | None, seed: int, method: str) -> list[dict]:
     from see3d_torch.splatting import reconstruct
-    from see3d_torch.splatting.camera_refinement import perturb_cameras, rotation_errors_deg
+    from see3d_torch.splatting.camera_refinement import CameraRefinementConfig, perturb_cameras, rotation_errors_deg
 
     scene, cams, images, depths = _world(12, 64)
     noisy = perturb_cameras(cams, rotation_deg=2.0, translation=0.02 * scene.scale, seed=seed)
@@ -159,7 +161,7 @@ def bench_rough_depths(num_threads: int | None, seed: int, method: str) -> list[
     for kind in ("exact", "noise", "scale", "warp"):
         start = time.perf_counter()
         result = reconstruct(images, noisy, rough_depths(depths, kind, np.random.default_rng(seed)), steps=300,
-                             refine_cameras=True, camera_refinement_method=method, lpips_weight=0.0,
+                             camera_refinement=CameraRefinementConfig(method=method), lpips_weight=0.0,
                              num_threads=num_threads, progress=False)
         before, after = rotation_errors_deg(noisy, cams).mean(), rotation_errors_deg(result.cameras, cams).mean()
         results.append({"depths": kind, "seed": seed, "method": method, "ran": result.camera_refinement,

@@ -6,10 +6,14 @@ zero at the start, applied in the camera's own frame: `c2w' = c2w [R(d) | t]`.
 
 Exposure compensation learns a per-image, per-channel affine map `I' = (1 + g) I + b`
 (zero at the start), for views whose brightness differs (generated views often do).
+
+`CameraRefinementConfig` is how a reconstruction refines its poses
+(`ReconstructionConfig.camera_refinement`); `camera_strategy.CameraRefinementStrategy` runs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +24,59 @@ from torch import nn
 from see3d_core.cameras import Camera, axis_angle_to_rotation, nearest_rotation, rotation_angle_deg, similarity_aligned
 
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+CAMERA_REFINEMENT_METHODS = ("auto", "depth", "photometric", "depth+photometric")
+
+
+@dataclasses.dataclass
+class CameraRefinementConfig:
+    """Camera pose refinement of a reconstruction (`ReconstructionConfig.camera_refinement`)."""
+
+    # "depth": multi-view point-to-plane ICP between the given depth maps (`depth_registration.py`),
+    # then the scene trained with those poses fixed; "photometric": the alternating rounds below,
+    # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto":
+    # the ICP first when depths are given, then the photometric stages only if the depth maps
+    # still disagree under the registered poses (median point-to-plane distance above
+    # `depth_agreement` of the depth) and the disagreement is smooth (a share above
+    # `depth_smooth_fraction` explained by a smooth field), else "photometric". Why: with
+    # depths that agree (exact, or off by a per-view scale) or that are only noisy, the ICP alone
+    # is best and the photometric stages add ~0.5 deg of wander; smoothly distorted depths
+    # (monocular estimates, as the generation loop makes) bias the ICP, and both in turn did best
+    # there (RESULTS.md, issue 8)
+    method: str = "auto"
+    depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
+    depth_agreement: float = 1e-3  # "auto": depth disagreement up to which the ICP poses are kept
+    depth_smooth_fraction: float = 0.1  # "auto": below it the disagreement is noise the ICP averages out
+    # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
+    # shrunk by this factor, then every pose registered alone against it (coarse to fine)
+    round_downscales: tuple[int, ...] = (2, 2, 2, 1)
+    round_steps: int = 150  # scene steps per round
+    round_points: int = 8_000  # depth-init Gaussians per round scene
+    # round scenes start from this many evenly spaced views' depths; so does the main scene under
+    # photometric refinement (each view's own points would pin its pose)
+    round_init_views: int = 3
+    registration_iters: int = 25  # all poses per iteration; more overfits the round's blurred scene
+    registration_lr: float = 1e-2  # Adam on the 6D rotation and translation/scene-scale deltas
+    registration_lr_decay: float = 0.8  # per round
+    # joint phase (the main training)
+    rotation_lr: float = 1e-2
+    translation_lr: float = 5e-3  # multiplied by the scene scale
+    lr_final_factor: float = 0.05  # exponential decay over the run, like the means
+
+    def __post_init__(self):
+        if self.method not in CAMERA_REFINEMENT_METHODS:
+            raise ValueError("camera refinement method must be 'auto', 'depth', 'photometric' or 'depth+photometric', "
+                             f"got {self.method!r}")
+        self.round_downscales = tuple(int(f) for f in self.round_downscales)
+        if any(f < 1 for f in self.round_downscales):
+            raise ValueError(f"round_downscales must be integers >= 1, got {self.round_downscales}")
+        if not self.depth_agreement >= 0:
+            raise ValueError(f"depth_agreement must be >= 0, got {self.depth_agreement}")
+        if not 0 <= self.depth_smooth_fraction <= 1:
+            raise ValueError(f"depth_smooth_fraction must be in [0, 1], got {self.depth_smooth_fraction}")
+        if self.depth_registration_iters < 1:
+            raise ValueError(f"depth_registration_iters must be >= 1, got {self.depth_registration_iters}")
+        if self.round_init_views < 1 or self.round_steps < 1 or self.registration_iters < 1:
+            raise ValueError("round_init_views, round_steps and registration_iters must be >= 1")
 
 
 def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
@@ -29,6 +86,13 @@ def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
     b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
     b3 = torch.cross(b1, b2, dim=-1)
     return torch.stack([b1, b2, b3], dim=-1)
+
+
+def camera_tensors(cameras: Sequence[Camera], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """c2w [V, 4, 4] and K [V, 3, 3] of kit cameras, float32 on `device`."""
+    c2w = torch.tensor(np.stack([c.c2w for c in cameras]), dtype=torch.float32, device=device)
+    Ks = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32, device=device)
+    return c2w, Ks
 
 
 def invert_rigid(T: torch.Tensor) -> torch.Tensor:

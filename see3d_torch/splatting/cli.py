@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from see3d_torch.splatting.camera_refinement import CameraRefinementConfig
     from see3d_torch.splatting.capture import load_capture
     from see3d_torch.splatting.colmap import SfMConfig, find_sparse_model
     from see3d_torch.splatting.export import export_reconstruction
@@ -115,8 +116,8 @@ def _run(args: argparse.Namespace) -> int:
             images, cameras, depths, points=capture.points, point_colors=capture.point_colors,
             steps=args.steps, time_limit_s=args.time_limit, init_points=args.init_points,
             sh_degree=args.sh_degree if args.sh_degree is not None else 0 if capture.source == "cameras" else 3,
-            lpips_weight=args.lpips_weight, depth_weight=args.depth_weight, refine_cameras=args.refine_cameras,
-            camera_refinement_method=args.camera_method,
+            lpips_weight=args.lpips_weight, depth_weight=args.depth_weight,
+            camera_refinement=CameraRefinementConfig(method=args.camera_method) if args.refine_cameras else None,
             exposure_compensation=args.exposure, eval_views=eval_views, eval_every=args.eval_every,
             device=args.device, backend=args.backend, seed=args.seed, num_threads=args.threads or None,
         )

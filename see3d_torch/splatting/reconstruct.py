@@ -2,49 +2,51 @@
 
 `reconstruct(images, cameras, depths=None, **options)` fits 3D Gaussians to the views:
 
-- initialisation from structure-from-motion points (`points`, `point_colors`, e.g. from a
-  COLMAP workspace): one Gaussian per sampled training pixel, with its colour, at a depth
-  interpolated between the points the view sees (`initialisation.sfm_depth_maps`), or one per
-  point (`init="points"`); else from the depth maps (one Gaussian per sampled pixel,
-  unprojected, as for generated views); else random Gaussians in the volume the cameras see
-  (`Gaussians.in_frustums`);
+- initialisation (`initialisation.initial_gaussians`) from structure-from-motion points
+  (`points`, `point_colors`, e.g. from a COLMAP workspace): one Gaussian per sampled training
+  pixel, with its colour, at a depth interpolated between the points the view sees
+  (`initialisation.sfm_depth_maps`), or one per point (`init="points"`); else from the depth maps
+  (one Gaussian per sampled pixel, unprojected, as for generated views); else random Gaussians in
+  the volume the cameras see (`Gaussians.in_frustums`);
 - Adam per parameter group with gsplat's defaults (means' rate scaled by the scene size and
   decayed 100x over the run);
 - loss `(1 - l) L1 + l (1 - SSIM) + w_lpips LPIPS [+ w_depth |D - D_given|]` with l = 0.2
-  (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS);
-- adaptive density control with opacity reset (`densification.py`);
-- optional camera pose refinement and per-image exposure compensation (`camera_refinement.py`).
-  `camera_refinement_method="depth"` registers the poses by multi-view point-to-plane ICP
-  between the depth maps (`depth_registration.py`) and trains the scene on them (for exact
-  depths). "photometric" (the default without depths) alternates between training a scene
-  with the poses held fixed and registering every pose alone against it
-  (`camera_round_downscales`, see `_alternate_scene_and_poses`), then refines poses (6D rotation
-  + translation deltas) and scene jointly during the main training. With depths the default
-  runs the ICP, and then the photometric stages only if the depth maps still disagree under
-  the registered poses, smoothly (depths from monocular estimation are smoothly wrong, which
-  biases the ICP; exact or merely noisy ones leave nothing for photometry to fix). `Reconstruction.camera_refinement`
-  says what ran;
+  (See3D Eq. 22 is L_photo + L_SSIM + L_LPIPS), computed by the functional `training_step`;
+- adaptive density control with opacity reset (`densification.DensificationStrategy`);
+- optional camera pose refinement (`camera_refinement=CameraRefinementConfig(...)`, run by
+  `camera_strategy.CameraRefinementStrategy` beside the densification strategy) and per-image
+  exposure compensation (`camera_refinement.ExposureCompensation`). Method "depth" registers the
+  poses by multi-view point-to-plane ICP between the depth maps (`depth_registration.py`) and
+  trains the scene on them (for exact depths). "photometric" (the default without depths)
+  alternates between training a scene with the poses held fixed and registering every pose alone
+  against it (`round_downscales`; the round scenes are this module's core run with
+  `ReconstructionConfig.scene_only`), then refines poses (6D rotation + translation deltas) and
+  scene jointly during the main training. With depths the default ("auto") runs the ICP, and then
+  the photometric stages only if the depth maps still disagree under the registered poses,
+  smoothly (depths from monocular estimation are smoothly wrong, which biases the ICP; exact or
+  merely noisy ones leave nothing for photometry to fix). `Reconstruction.camera_refinement` says
+  what ran;
 - a progress bar and periodic evaluation (PSNR/SSIM/LPIPS) on held-out views.
 
 Images are float arrays [H, W, 3] in [0, 1] (or uint8); cameras are `see3d_core.cameras.Camera`.
 """
-
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from see3d_core.cameras import Camera, camera_spread
 from see3d_torch import metrics
-from see3d_torch.splatting.camera_refinement import CameraRefinement, ExposureCompensation, align_cameras, invert_rigid
-from see3d_torch.splatting.depth_registration import depth_disagreement, register_depth_maps
+from see3d_torch.splatting.camera_refinement import (
+    CameraRefinement, CameraRefinementConfig, ExposureCompensation, camera_tensors, invert_rigid,
+)
+from see3d_torch.splatting.camera_strategy import CameraRefinementStrategy
 from see3d_torch.splatting.densification import DensificationConfig, DensificationStrategy
 from see3d_torch.splatting.gaussians import PARAMETER_NAMES, Gaussians
 from see3d_torch.splatting.initialisation import initial_gaussians
@@ -105,36 +107,9 @@ class ReconstructionConfig:
     densification: DensificationConfig | None = dataclasses.field(
         default_factory=lambda: DensificationConfig(refine_start=100, refine_stop=700, refine_every=100, reset_every=3_000)
     )
-    # camera pose refinement and exposure compensation
-    refine_cameras: bool = False
-    # "depth": multi-view point-to-plane ICP between the given depth maps (`depth_registration.py`),
-    # then the scene trained with those poses fixed; "photometric": the alternating rounds below,
-    # then poses refined jointly with the scene; "depth+photometric": both in turn; "auto":
-    # the ICP first when depths are given, then the photometric stages only if the depth maps
-    # still disagree under the registered poses (median point-to-plane distance above
-    # `camera_depth_agreement` of the depth) and the disagreement is smooth (a share above
-    # `camera_depth_smooth_fraction` explained by a smooth field), else "photometric". Why: with
-    # depths that agree (exact, or off by a per-view scale) or that are only noisy, the ICP alone
-    # is best and the photometric stages add ~0.5 deg of wander; smoothly distorted depths
-    # (monocular estimates, as the generation loop makes) bias the ICP, and both in turn did best
-    # there (RESULTS.md, issue 8)
-    camera_refinement_method: str = "auto"
-    camera_depth_registration_iters: int = 10  # Gauss-Newton iterations of the ICP
-    camera_depth_agreement: float = 1e-3  # "auto": depth disagreement up to which the ICP poses are kept
-    camera_depth_smooth_fraction: float = 0.1  # "auto": below it the disagreement is noise the ICP averages out
-    # before the joint phase, one round per entry: a scene trained (poses fixed) on the views
-    # shrunk by this factor, then every pose registered alone against it (coarse to fine)
-    camera_round_downscales: tuple[int, ...] = (2, 2, 2, 1)
-    camera_round_steps: int = 150  # scene steps per round
-    camera_round_points: int = 8_000  # depth-init Gaussians per round scene
-    camera_round_init_views: int = 3  # round scenes start from this many evenly spaced views' depths
-    camera_registration_iters: int = 25  # all poses per iteration; more overfits the round's blurred scene
-    camera_registration_lr: float = 1e-2  # Adam on the 6D rotation and translation/scene-scale deltas
-    camera_registration_lr_decay: float = 0.8  # per round
-    # joint phase (the main training)
-    camera_rotation_lr: float = 1e-2
-    camera_translation_lr: float = 5e-3  # multiplied by the scene scale
-    camera_lr_final_factor: float = 0.05  # exponential decay over the run, like the means
+    # camera pose refinement (None: the poses are kept as given; see CameraRefinementConfig)
+    camera_refinement: CameraRefinementConfig | None = None
+    # per-image exposure compensation
     exposure_compensation: bool = False
     exposure_lr: float = 2e-3
     # evaluation on held-out views (indices into the given views, never trained on)
@@ -157,21 +132,20 @@ class ReconstructionConfig:
             raise ValueError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
         if self.lpips_weight < 0 or self.depth_weight < 0:
             raise ValueError("lpips_weight and depth_weight must be >= 0")
-        self.camera_round_downscales = tuple(int(f) for f in self.camera_round_downscales)
-        if any(f < 1 for f in self.camera_round_downscales):
-            raise ValueError(f"camera_round_downscales must be integers >= 1, got {self.camera_round_downscales}")
-        if self.camera_refinement_method not in ("auto", "depth", "photometric", "depth+photometric"):
-            raise ValueError("camera_refinement_method must be 'auto', 'depth', 'photometric' or 'depth+photometric', "
-                             f"got {self.camera_refinement_method!r}")
-        if not self.camera_depth_agreement >= 0:
-            raise ValueError(f"camera_depth_agreement must be >= 0, got {self.camera_depth_agreement}")
-        if not 0 <= self.camera_depth_smooth_fraction <= 1:
-            raise ValueError(f"camera_depth_smooth_fraction must be in [0, 1], got {self.camera_depth_smooth_fraction}")
-        if self.camera_depth_registration_iters < 1:
-            raise ValueError(f"camera_depth_registration_iters must be >= 1, got {self.camera_depth_registration_iters}")
-        if self.camera_round_init_views < 1 or self.camera_round_steps < 1 or self.camera_registration_iters < 1:
-            raise ValueError("camera_round_init_views, camera_round_steps and camera_registration_iters must be >= 1")
+        if self.camera_refinement is not None and not isinstance(self.camera_refinement, CameraRefinementConfig):
+            raise TypeError(f"camera_refinement must be a CameraRefinementConfig or None, got {self.camera_refinement!r}")
         self.eval_views = tuple(int(i) for i in self.eval_views)
+
+    def scene_only(self, steps: int, init_points: int, init_views: Sequence[int] | None) -> "ReconstructionConfig":
+        """These settings for a scene trained alone on fixed poses, as camera refinement's rounds
+        train theirs: `steps` steps from `init_points` Gaussians (from `init_views`), without
+        camera refinement, exposure compensation, the LPIPS term, evaluation, progress bar or time
+        limit."""
+        return dataclasses.replace(
+            self, steps=steps, init_points=init_points, init_views=None if init_views is None else tuple(init_views),
+            camera_refinement=None, exposure_compensation=False, lpips_weight=0.0, eval_views=(), progress=False,
+            time_limit_s=None,
+        )
 
 
 @dataclasses.dataclass
@@ -179,7 +153,7 @@ class Reconstruction:
     """The result: Gaussians, the (refined) cameras of every given view, and the run's history."""
 
     gaussians: Gaussians
-    cameras: list[Camera]  # refined for trained views when refine_cameras, else as given
+    cameras: list[Camera]  # refined for trained views under camera_refinement, else as given
     train_views: list[int]
     eval_views: list[int]
     config: ReconstructionConfig
@@ -188,7 +162,7 @@ class Reconstruction:
     evaluations: list[dict]  # per evaluation: step, psnr, ssim, lpips on the held-out views
     densification: list[dict]
     exposure: dict | None = None  # per trained view: gains, biases
-    # refine_cameras: the method run ("auto" resolved) and, after an ICP, the depth maps'
+    # under camera_refinement: the method run ("auto" resolved) and, after an ICP, the depth maps'
     # disagreement (median point-to-plane distance / depth) under the given and the registered
     # poses, and the smooth share of the latter (`depth_registration.DepthDisagreement`)
     camera_refinement: dict | None = None
@@ -223,12 +197,6 @@ def scene_scale(cameras: Sequence[Camera]) -> float:
     return max(1.1 * camera_spread(cameras), 1.0)
 
 
-def _camera_tensors(cameras: Sequence[Camera], device) -> tuple[torch.Tensor, torch.Tensor]:
-    c2w = torch.tensor(np.stack([c.c2w for c in cameras]), dtype=torch.float32, device=device)
-    Ks = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32, device=device)
-    return c2w, Ks
-
-
 def _render(gaussians_or_params, viewmats, Ks, width, height, config, sh_degree, render_mode="RGB"):
     p = gaussians_or_params
     # only the active degrees: no copy of the rest, and at degree 0 shN stays out of the graph, so
@@ -247,7 +215,7 @@ def _evaluate(gaussians: Gaussians, images: torch.Tensor, cameras: Sequence[Came
     if len(images) != len(cameras):
         raise ValueError(f"evaluate needs one camera per image, got {len(images)} images and {len(cameras)} cameras")
     device = gaussians.means.device
-    c2w, Ks = _camera_tensors(cameras, device)
+    c2w, Ks = camera_tensors(cameras, device)
     values = {"psnr": [], "ssim": [], "lpips": []}
     for i in range(len(cameras)):
         out, _, _ = _render(gaussians.tensors(), invert_rigid(c2w[i : i + 1]), Ks[i : i + 1], cameras[i].width,
@@ -274,7 +242,7 @@ def register_cameras(
     under an L1 loss. The translation's learning rate is `lr` times the cameras' scene scale."""
     device = gaussians.means.device
     params = {name: t.detach() for name, t in gaussians.tensors().items()}
-    c2w, Ks = _camera_tensors(cameras, device)
+    c2w, Ks = camera_tensors(cameras, device)
     refinement = CameraRefinement(len(cameras)).to(device)
     optimizer = torch.optim.Adam([
         {"params": list(refinement.rotation_deltas), "lr": lr},
@@ -300,37 +268,48 @@ def refinement_can_settle(seconds_left: float, seconds_per_step: float, refine_e
     return seconds_left >= seconds_per_step * refine_every / 2
 
 
-def _evenly_spaced(total: int, count: int) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.linspace(0, total, min(count, total), endpoint=False))
+def training_step(
+    params: dict[str, torch.Tensor],
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    target: torch.Tensor,
+    config: ReconstructionConfig,
+    *,
+    sh_degree: int,
+    scene_scale: float,
+    depth_target: torch.Tensor | None = None,
+    exposure: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The loss of one training view, as a function: the Gaussians' parameter tensors `params`
+    (log-scales, opacity logits; SH up to `sh_degree`) rendered from `c2w` [1, 4, 4] (may carry
+    gradients, e.g. refined) and `K` [1, 3, 3], against `target` [1, H, W, 3]:
+    `(1 - l) L1 + l (1 - SSIM) [+ w_lpips LPIPS] [+ w_depth |D - depth_target| / scene_scale]`
+    with the config's weights; the depth term over the pixels where `depth_target` [1, H, W] is
+    finite and positive and the render is opaque (alpha > 0.5). `exposure` maps the rendered
+    colours first (the view's exposure compensation).
 
-
-def _alternate_scene_and_poses(images: torch.Tensor, cameras: list[Camera], depths, points, config: ReconstructionConfig) -> list[Camera]:
-    """Block-coordinate pose refinement, one round per `config.camera_round_downscales` entry:
-    train a scene on the (shrunk) views with the current poses held fixed, register every pose
-    alone against it, and align the poses back onto the given ones (the gauge). A scene trained
-    jointly with wrong poses blurs and absorbs the errors; here the scene is rebuilt from the
-    corrected poses every round, so it sharpens as the poses improve. Returns full-size cameras."""
-    height, width = images.shape[1:3]
-    given = list(cameras)
-    lr = config.camera_registration_lr
-    init_views = _evenly_spaced(len(cameras), config.camera_round_init_views)
-    for downscale in config.camera_round_downscales:
-        w, h = max(width // downscale, 8), max(height // downscale, 8)
-        small_images = F.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
-        small_depths = None
-        if depths is not None:
-            small_depths = F.interpolate(torch.from_numpy(np.stack(depths))[:, None], size=(h, w), mode="nearest")[:, 0].numpy()
-        small_cameras = [c.resized(w, h) for c in cameras]
-        round_config = dataclasses.replace(
-            config, steps=config.camera_round_steps, time_limit_s=None, init_points=config.camera_round_points,
-            init_views=init_views if depths is not None else None, refine_cameras=False, exposure_compensation=False,
-            lpips_weight=0.0, eval_views=(), progress=False,
-        )
-        scene = _reconstruct(small_images.numpy(), small_cameras, small_depths, round_config, points)
-        registered = register_cameras(scene.gaussians, small_images, small_cameras, config.camera_registration_iters, lr, config)
-        cameras = align_cameras([Camera(c.K, r.c2w, c.width, c.height) for c, r in zip(cameras, registered)], given)
-        lr *= config.camera_registration_lr_decay
-    return cameras
+    Returns the loss terms ("loss", to back-propagate; "l1" and "ssim"; "lpips" and "depth" when
+    they count) and the rasterizer's meta (which densification reads after the backward pass)."""
+    height, width = target.shape[1:3]
+    render_mode = "RGB+ED" if depth_target is not None else "RGB"
+    out, alphas, meta = _render(params, invert_rigid(c2w), K, width, height, config, sh_degree, render_mode)
+    pred = out[..., :3]
+    if exposure is not None:
+        pred = exposure(pred)
+    terms = {"l1": (pred - target).abs().mean()}
+    pred_nchw, target_nchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    terms["ssim"] = metrics.ssim(pred_nchw, target_nchw).mean()
+    loss = (1.0 - config.ssim_weight) * terms["l1"] + config.ssim_weight * (1.0 - terms["ssim"])
+    if config.lpips_weight > 0:
+        terms["lpips"] = metrics.lpips(pred_nchw.clamp(0, 1), target_nchw, net=config.lpips_net).mean()
+        loss = loss + config.lpips_weight * terms["lpips"]
+    if depth_target is not None:
+        valid = torch.isfinite(depth_target) & (depth_target > 0) & (alphas[..., 0] > 0.5)
+        if valid.any():
+            terms["depth"] = (out[..., 3][valid] - depth_target[valid]).abs().mean()
+            loss = loss + config.depth_weight * terms["depth"] / scene_scale
+    terms["loss"] = loss
+    return terms, meta
 
 
 def reconstruct(
@@ -345,7 +324,8 @@ def reconstruct(
 ) -> Reconstruction:
     """Fit 3D Gaussians to posed views. `points` [N, 3] and `point_colors` [N, 3] in [0, 1]
     (structure-from-motion points, e.g. `capture.load_capture(...).points`) initialise the
-    Gaussians when given. `options` override fields of `ReconstructionConfig`."""
+    Gaussians when given. `options` override fields of `ReconstructionConfig` (camera pose
+    refinement: `camera_refinement=CameraRefinementConfig(...)`)."""
     if config is None:
         config = ReconstructionConfig(**options)
     elif options:
@@ -378,15 +358,14 @@ def _checked_points(points, point_colors) -> tuple[np.ndarray, np.ndarray] | Non
     return points[finite], point_colors[finite]
 
 
-def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=None) -> Reconstruction:
-    start_time = time.perf_counter()
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    images_t = _as_image_tensor(images, "images")
+def _checked_views(images, cameras, depths, config: ReconstructionConfig):
+    """images as a tensor [V, H, W, 3], cameras and depths as lists, the training and held-out
+    views; raises on anything that does not fit together."""
+    images = _as_image_tensor(images, "images")
     cameras = list(cameras)
-    if len(cameras) != len(images_t):
-        raise ValueError(f"need one camera per image, got {len(images_t)} images and {len(cameras)} cameras")
-    height, width = images_t.shape[1:3]
+    if len(cameras) != len(images):
+        raise ValueError(f"need one camera per image, got {len(images)} images and {len(cameras)} cameras")
+    height, width = images.shape[1:3]
     for i, cam in enumerate(cameras):
         if (cam.width, cam.height) != (width, height):
             raise ValueError(f"camera {i} is {cam.width}x{cam.height} but the images are {width}x{height}")
@@ -400,75 +379,55 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
     train_views = [i for i in range(len(cameras)) if i not in eval_views]
     if not train_views:
         raise ValueError("no training views left after holding out eval_views")
-    if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
-        metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
-    camera_method = config.camera_refinement_method if config.refine_cameras else None
-    camera_report = None
-    if camera_method == "auto" and depths is None:
-        camera_method = "photometric"
-    if camera_method in ("auto", "depth", "depth+photometric"):
-        if depths is None:
-            raise ValueError(f"camera_refinement_method={camera_method!r} needs depths")
-        train_depths = [depths[i] for i in train_views]
-        registered = register_depth_maps([cameras[i] for i in train_views], train_depths,
-                                         iterations=config.camera_depth_registration_iters, seed=config.seed)
-        after = depth_disagreement(registered, train_depths, seed=config.seed)
-        camera_report = {
-            "depth_disagreement_given": depth_disagreement([cameras[i] for i in train_views], train_depths, seed=config.seed).median,
-            "depth_disagreement_registered": after.median,
-            "depth_disagreement_smooth_fraction": after.smooth_fraction,
-        }
-        if camera_method == "auto":  # NaN (no overlap) fails both tests and goes on photometrically
-            keep = after.median <= config.camera_depth_agreement or after.smooth_fraction < config.camera_depth_smooth_fraction
-            camera_method = "depth" if keep else "depth+photometric"
-        for view, cam in zip(train_views, registered):
-            cameras[view] = cam
-    if camera_method is not None:
-        camera_report = {"method": camera_method, **(camera_report or {})}
-    photometric_poses = camera_method in ("photometric", "depth+photometric")
-    if photometric_poses and config.camera_round_downscales:
-        registered = _alternate_scene_and_poses(
-            images_t[train_views], [cameras[i] for i in train_views],
-            [depths[i] for i in train_views] if depths is not None else None, points, config,
-        )
-        for view, cam in zip(train_views, registered):
-            cameras[view] = cam
+    return images, cameras, depths, train_views, eval_views
 
-    scale = scene_scale([cameras[i] for i in train_views])
-    if config.init_views is not None:
-        init_views = list(config.init_views)
-    elif photometric_poses:  # each view's own points would pin its pose: (sfm-)depth init from a few
-        init_views = [train_views[i] for i in _evenly_spaced(len(train_views), config.camera_round_init_views)]
-    else:
-        init_views = train_views
-    gaussians = initial_gaussians(config, images_t, cameras, train_views, init_views, depths, points, scale)
-    gaussians = gaussians.to(device)
 
+def _optimizers(gaussians: Gaussians, config: ReconstructionConfig, scale: float):
+    """The Gaussians' parameters and one Adam per parameter group (gsplat's rates; the means'
+    times the scene scale)."""
     params = {name: nn.Parameter(t.clone()) for name, t in gaussians.tensors().items()}
     learning_rates = {
         "means": config.means_lr * scale, "quats": config.quats_lr, "log_scales": config.scales_lr,
         "opacity_logits": config.opacities_lr, "sh0": config.sh0_lr, "shN": config.shN_lr,
     }
     optimizers = {name: torch.optim.Adam([params[name]], lr=learning_rates[name], eps=1e-15) for name in PARAMETER_NAMES}
-    means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
-    camera_decay = config.camera_lr_final_factor ** (1.0 / config.steps)
-    strategy = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
+    return params, optimizers
 
-    c2w_all, Ks_all = _camera_tensors(cameras, device)
-    train_index = torch.tensor(train_views, device=device)
-    camera_refinement = exposure = camera_optimizer = None
-    extra_optimizers = []
-    if photometric_poses:
-        camera_refinement = CameraRefinement(len(train_views)).to(device)
-        camera_optimizer = torch.optim.Adam([
-            {"params": list(camera_refinement.rotation_deltas), "lr": config.camera_rotation_lr},
-            {"params": list(camera_refinement.translation_deltas), "lr": config.camera_translation_lr * scale},
-        ])
-        extra_optimizers.append(camera_optimizer)
+
+def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=None) -> Reconstruction:
+    start_time = time.perf_counter()
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    images_t, cameras, depths, train_views, eval_views = _checked_views(images, cameras, depths, config)
+    if config.lpips_weight > 0 or (eval_views and config.eval_lpips):
+        metrics.lpips_weights_path(config.lpips_net)  # fail now, naming the package, not mid-run
+
+    camera_strategy = None
+    init_views = config.init_views
+    if config.camera_refinement is not None:
+        camera_strategy = CameraRefinementStrategy(config.camera_refinement, config.seed)
+
+        def fit_scene(images, cameras, depths, **scene) -> Gaussians:  # a round's scene: this core on fixed poses
+            return _reconstruct(images.numpy(), cameras, depths, config.scene_only(**scene), points).gaussians
+
+        cameras = camera_strategy.register_before_training(
+            images_t, cameras, train_views, depths, fit_scene, functools.partial(register_cameras, config=config))
+        if init_views is None:
+            init_views = camera_strategy.init_views(train_views)
+    scale = scene_scale([cameras[i] for i in train_views])
+    init_views = train_views if init_views is None else list(init_views)
+    gaussians = initial_gaussians(config, images_t, cameras, train_views, init_views, depths, points, scale).to(device)
+    params, optimizers = _optimizers(gaussians, config, scale)
+    means_decay = config.means_lr_final_factor ** (1.0 / config.steps)
+    densification = DensificationStrategy(config.densification, scale, config.seed) if config.densification else None
+    if camera_strategy is not None:
+        camera_strategy.start_joint(len(train_views), scale, config.steps, device)
+    exposure = exposure_optimizer = None
     if config.exposure_compensation:
         exposure = ExposureCompensation(len(train_views)).to(device)
-        extra_optimizers.append(torch.optim.Adam(exposure.parameters(), lr=config.exposure_lr))
+        exposure_optimizer = torch.optim.Adam(exposure.parameters(), lr=config.exposure_lr)
 
+    c2w_all, Ks_all = camera_tensors(cameras, device)
     targets = images_t.to(device)
     depth_targets = torch.from_numpy(np.stack(depths)).to(device) if depths is not None and config.depth_weight > 0 else None
     generator = np.random.default_rng(config.seed)
@@ -498,46 +457,34 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
             order = list(generator.permutation(len(train_views)))
         slot = order.pop()
         view = train_views[slot]
-        sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
-        slot_t = torch.tensor([slot], device=device)
         c2w = c2w_all[view : view + 1]
-        if camera_refinement is not None:
-            c2w = camera_refinement(c2w, slot_t)
-        render_mode = "RGB+ED" if depth_targets is not None else "RGB"
-        out, alphas, meta = _render(params, invert_rigid(c2w), Ks_all[view : view + 1], width, height, config, sh_degree, render_mode)
-        pred = out[..., :3]
-        if exposure is not None:
-            pred = exposure(pred, slot_t)
-        target = targets[view : view + 1]
-        l1 = (pred - target).abs().mean()
-        pred_nchw, target_nchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
-        ssim = metrics.ssim(pred_nchw, target_nchw).mean()
-        loss = (1.0 - config.ssim_weight) * l1 + config.ssim_weight * (1.0 - ssim)
-        if config.lpips_weight > 0:
-            loss = loss + config.lpips_weight * metrics.lpips(pred_nchw.clamp(0, 1), target_nchw, net=config.lpips_net).mean()
-        if depth_targets is not None:
-            given = depth_targets[view : view + 1]
-            valid = torch.isfinite(given) & (given > 0) & (alphas[..., 0] > 0.5)
-            if valid.any():
-                loss = loss + config.depth_weight * (out[..., 3][valid] - given[valid]).abs().mean() / scale
-        loss.backward()
-        if strategy is not None:
+        if camera_strategy is not None:
+            c2w = camera_strategy.refine(c2w, [slot])
+        terms, meta = training_step(
+            params, c2w, Ks_all[view : view + 1], targets[view : view + 1], config,
+            sh_degree=min(step // config.sh_degree_interval, config.sh_degree), scene_scale=scale,
+            depth_target=None if depth_targets is None else depth_targets[view : view + 1],
+            exposure=None if exposure is None else functools.partial(exposure, indices=torch.tensor([slot], device=device)),
+        )
+        terms["loss"].backward()
+        if densification is not None:
             now = time.perf_counter()
             can_refine = config.time_limit_s is None or refinement_can_settle(
                 config.time_limit_s - (now - start_time), (now - loop_start) / (step + 1), config.densification.refine_every)
-            strategy.step_post_backward(params, optimizers, meta, step, can_refine)
-        for optimizer in [*optimizers.values(), *extra_optimizers]:
+            densification.step_post_backward(params, optimizers, meta, step, can_refine)
+        for optimizer in [*optimizers.values(), *([exposure_optimizer] if exposure_optimizer is not None else [])]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for group in optimizers["means"].param_groups:
             group["lr"] *= means_decay
-        for group in camera_optimizer.param_groups if camera_optimizer is not None else ():
-            group["lr"] *= camera_decay
-        history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "num_gaussians": params["means"].shape[0],
+        if camera_strategy is not None:
+            camera_strategy.optimizer_step()
+        loss = terms["loss"].item()
+        history.append({"step": step, "loss": loss, "l1": terms["l1"].item(), "num_gaussians": params["means"].shape[0],
                         "seconds": time.perf_counter() - start_time})
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", gaussians=params["means"].shape[0])
+            progress.set_postfix(loss=f"{loss:.4f}", gaussians=params["means"].shape[0])
         if eval_views and config.eval_every > 0 and (step + 1) % config.eval_every == 0:
             run_evaluation(step + 1)
         if config.time_limit_s is not None and time.perf_counter() - start_time > config.time_limit_s:
@@ -547,21 +494,17 @@ def _reconstruct(images, cameras, depths, config: ReconstructionConfig, points=N
     if eval_views and (not evaluations or evaluations[-1]["step"] != step + 1):
         run_evaluation(step + 1)
 
-    refined = list(cameras)
     exposure_values = None
-    with torch.no_grad():
-        if camera_refinement is not None:
-            c2w_refined = camera_refinement(c2w_all[train_index], torch.arange(len(train_views), device=device))
-            for slot, view in enumerate(train_views):
-                cam = cameras[view]
-                refined[view] = Camera(cam.K, c2w_refined[slot].double().cpu().numpy(), cam.width, cam.height)
-        if exposure is not None:
+    if exposure is not None:
+        with torch.no_grad():
             exposure_values = {
                 view: {"gains": (1.0 + exposure.gains[slot]).tolist(), "biases": exposure.biases[slot].tolist()}
                 for slot, view in enumerate(train_views)
             }
     return Reconstruction(
-        gaussians=current_gaussians(), cameras=refined, train_views=train_views, eval_views=eval_views, config=config,
+        gaussians=current_gaussians(), train_views=train_views, eval_views=eval_views, config=config,
+        cameras=camera_strategy.refined_cameras(cameras, train_views) if camera_strategy is not None else list(cameras),
         scene_scale=scale, history=history, evaluations=evaluations,
-        densification=strategy.history if strategy else [], exposure=exposure_values, camera_refinement=camera_report,
+        densification=densification.history if densification else [], exposure=exposure_values,
+        camera_refinement=camera_strategy.report if camera_strategy is not None else None,
     )
