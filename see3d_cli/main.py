@@ -328,6 +328,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_legs(recipe, overrides: list[str], train_dir: Path) -> list[int | None]:
+    """The ends of the recipe's training legs (`LEGS`) that the run in `train_dir` has not
+    reached. Each leg resumes the last (optimizer, EMA, data position) with `steps` set to its
+    end, so its cosine restarts over the longer run; that is how the embedded model was trained,
+    and the one command reproduces it. `[None]` (one run as configured) when the overrides set
+    `steps` or the recipe has no LEGS; the last leg alone when all are reached (a rerun exports)."""
+    if any(o.split("=", 1)[0].strip() == "steps" for o in overrides) or not getattr(recipe, "LEGS", None):
+        return [None]
+    legs = [int(s) for s in recipe.LEGS]
+    if legs[0] < 1 or any(b <= a for a, b in zip(legs, legs[1:])):
+        raise ValueError(f"the recipe's LEGS must be increasing step counts >= 1, got {recipe.LEGS}")
+    done = None
+    if (train_dir / "checkpoints").is_dir():
+        from see3d_jax.checkpointing import Checkpointer
+
+        checkpointer = Checkpointer(str(train_dir / "checkpoints"), asynchronous=False)
+        done = checkpointer.latest_step()
+        checkpointer.close()
+    return [s for s in legs if done is None or s > done] or legs[-1:]
+
+
 def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
     """Rebuild the demo's model from its recipe file: data, training (resumable), export."""
     import os
@@ -351,8 +372,9 @@ def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
     from see3d_jax.train import run
     from see3d_jax.train_config import load_config
 
-    config = load_config(args.recipe, args.overrides)
-    summary = run(config, str(data), str(work / "train"), progress=not args.no_progress)
+    for steps in training_legs(recipe, args.overrides, work / "train"):
+        config = load_config(args.recipe, [*args.overrides, f"steps={steps}"] if steps else args.overrides)
+        summary = run(config, str(data), str(work / "train"), progress=not args.no_progress)
     from see3d_torch.generation.demo import DEFAULT_CHECKPOINT
 
     out = Path(args.out) if args.out else DEFAULT_CHECKPOINT

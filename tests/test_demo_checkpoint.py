@@ -2,6 +2,7 @@
 rebuilding a checkpoint from a (tiny) recipe end to end, resumable."""
 
 import json
+import math
 
 import pytest
 
@@ -39,7 +40,8 @@ def test_demo_checkpoint_command_builds_and_resumes(tmp_path, capsys):
     recipe = tmp_path / "tiny_recipe.py"
     recipe.write_text(TINY_RECIPE)
     out = tmp_path / "weights"
-    argv = ["demo-checkpoint", "--workdir", str(tmp_path / "run"), "--recipe", str(recipe), "--out", str(out), "--no-progress"]
+    argv = ["demo-checkpoint", "--workdir", str(tmp_path / "run"), "--recipe", str(recipe), "--out", str(out), "--no-progress",
+            "--cpu-devices", "1"]  # the tiny batch of 2 does not split over 4 devices (when jax starts here)
     assert cli.main(argv) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"]["step"] == 3 and summary["megabytes"] > 0
@@ -57,3 +59,32 @@ def test_demo_checkpoint_command_builds_and_resumes(tmp_path, capsys):
     bad.write_text("X = 1\n")
     assert cli.main(["demo-checkpoint", "--workdir", str(tmp_path / "r2"), "--recipe", str(bad)]) == 2
     assert "get_config" in capsys.readouterr().err
+
+
+def test_demo_checkpoint_runs_the_recipes_legs_in_one_command(tmp_path, capsys):
+    """LEGS = (2, 4): the first leg trains 2 steps with a cosine over 2, the second resumes it
+    with a cosine over 4 (as the embedded model was trained); a rerun only exports; `steps=`
+    on the line runs one leg as configured."""
+    recipe = tmp_path / "legs_recipe.py"
+    recipe.write_text(TINY_RECIPE.replace('"steps=3"', '"steps=2", "warmup_steps=1", "log_every=1"')
+                      .replace('"checkpoint_every=3"', '"checkpoint_every=2"') + "\nLEGS = (2, 4)\n")
+    run = tmp_path / "run"
+    argv = ["demo-checkpoint", "--workdir", str(run), "--recipe", str(recipe), "--out", str(tmp_path / "w"), "--no-progress",
+            "--cpu-devices", "1"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)["train"]
+    assert (summary["step"], summary["resumed_from"]) == (4, 2)
+    events = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if e.get("event") in ("started", "resumed")] == [("started", 0), ("resumed", 2)]
+    rates = {e["step"]: e["learning_rate"] for e in events if "learning_rate" in e}
+    # step 3 runs on the 4-step cosine (warm-up 1, then a third of the way down to 10% of the
+    # peak), not at the 2-step leg's end value 1e-4
+    assert rates[3] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3))), rel=1e-5)
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["resumed_from"] == 4
+    assert cli.main([*argv, "steps=5"]) == 0  # one leg, as configured
+    assert json.loads(capsys.readouterr().out)["train"]["step"] == 5
+    recipe.write_text(recipe.read_text().replace("LEGS = (2, 4)", "LEGS = (4, 2)"))
+    assert cli.main(["demo-checkpoint", "--workdir", str(tmp_path / "r3"), "--recipe", str(recipe), "--no-progress"]) == 2
+    assert "LEGS must be increasing" in capsys.readouterr().err
+
