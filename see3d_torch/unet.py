@@ -26,11 +26,14 @@ from see3d_core.weights import WeightsError, safetensors_header
 
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding `cat(cos(t f), sin(t f))`, f_i = max_period^(-i / (dim/2)); float32 [N, dim]."""
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding `cat(cos(t f), sin(t f))`, f_i = max_period^(-i / (dim/2)); [N, dim]
+    in `dtype` (float32 as LDM, whatever the model's precision; float64 only for a float64 model,
+    the exact reference the parity tests compare float32 against)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    args = timesteps.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=timesteps.device) / half)
+    args = timesteps.to(dtype)[:, None] * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         embedding = F.pad(embedding, (0, 1))
@@ -261,7 +264,8 @@ class MultiViewUNet(nn.Module):
             raise ValueError(f"context: expected [{b}, T, {cfg.context_dim}], got {tuple(context.shape)}")
 
         x = sample.reshape(b * v, cfg.in_channels, h, w)
-        t_emb = timestep_embedding(timesteps.repeat_interleave(v), cfg.model_channels, cfg.timestep_max_period)
+        t_emb = timestep_embedding(timesteps.repeat_interleave(v), cfg.model_channels, cfg.timestep_max_period,
+                                   torch.float64 if x.dtype == torch.float64 else torch.float32)
         emb = self.time_embed(t_emb.to(x.dtype))
         context = context.to(x.dtype).repeat_interleave(v, dim=0)
 

@@ -86,6 +86,22 @@ def test_timestep_embedding_is_cos_then_sin():
     assert torch.allclose(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
     freqs = torch.exp(-math.log(10000.0) * torch.arange(4) / 4)
     assert torch.allclose(emb[1], torch.cat([torch.cos(10 * freqs), torch.sin(10 * freqs)]))
+    # float32 whatever the model's precision, float64 only for a float64 model (the parity tests'
+    # exact reference): at t = 961 the float32 phase t f carries ~1e-5 of rounding
+    t = torch.tensor([961])
+    assert timestep_embedding(t, 8).dtype == torch.float32
+    exact = timestep_embedding(t, 8, dtype=torch.float64)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(4, dtype=torch.float64) / 4)
+    assert exact.dtype == torch.float64 and torch.allclose(exact[0], torch.cat([torch.cos(961 * freqs), torch.sin(961 * freqs)]), rtol=0, atol=1e-12)
+    assert 1e-7 < float((timestep_embedding(t, 8).double() - exact).abs().max()) < 1e-4
+    model = _tiny_model().double()
+    seen = []
+    model.time_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x, t, ctx = _inputs()
+    model(x.double(), t, ctx.double())
+    cfg = model.config
+    assert torch.equal(seen[0], timestep_embedding(t.repeat_interleave(x.shape[1]), cfg.model_channels, cfg.timestep_max_period,
+                                                   torch.float64))
 
 
 def test_save_and_load_round_trip(tmp_path):
