@@ -22,13 +22,15 @@ def get_config():
 
 
 def test_the_demo_recipe_is_a_config_file_and_pose_free():
-    from see3d_jax.train_config import RECIPES_DIR, load_config
+    from see3d_jax.train_config import RECIPES_DIR, load_config, load_recipe
 
     config = load_config("demo")
     assert config == load_config(str(RECIPES_DIR / "demo.py"))  # by name or by path, one file
     assert config.condition.variant == "time_dependent" and config.condition.posed_fraction == 0.0  # See3D's way
     assert config.unet.sample_size >= 64 and config.unet.pixel_space
     assert load_config("demo", ["steps=7"]).steps == 7
+    legs = load_recipe("demo").LEGS  # the command trains them in turn; the config is the first
+    assert legs[0] == config.steps and list(legs) == sorted(set(legs))
     with pytest.raises(ValueError, match="no such recipe file"):
         load_config("nonexistent_recipe")
 

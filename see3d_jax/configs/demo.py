@@ -2,12 +2,14 @@
 video-like clips with the time-dependent visual condition (MV-UnposeT, Eq. 2-3).
 
 Rebuild it with `see3d demo-checkpoint --workdir RUN` (README: "The demo"): the command writes
-`DATA` with `see3d dataset`, trains this config (on a CPU split over 4 XLA devices) and exports
-the EMA weights. The embedded model then trained a second leg, the same line with `steps=2500`
-(the run resumes at step 1,500 with its optimizer and EMA; the cosine, now over 2,500 steps,
-restarts at 40% of the peak): 1,500 steps left its holes ~1 dB behind OpenCV's inpainting on
-validation scenes, 2,500 level with it (RESULTS, issue 18). 47 + 37 minutes on the shared
-2-core CPU.
+`DATA` with `see3d dataset`, trains this config in the legs of `LEGS` (on a CPU split over 4 XLA
+devices) and exports the EMA weights. Each leg resumes the last (optimizer, EMA, data position)
+with `steps` set to its end, so its cosine restarts over the longer run (at 40% of the peak at
+step 1,500, at 48% at step 2,500): that is how the embedded model grew, from 1,500 to 2,500 to
+4,500 steps as CPU time allowed, and the one command reproduces it. On validation scenes
+100-102 (RESULTS, issue 18) 1,500 steps left the holes ~1 dB behind OpenCV's inpainting, 2,500
+were level with it, 4,500 a little ahead on every metric but SSIM. 47 + 37 + 47 minutes on the
+shared 2-core CPU.
 
 Why these choices (benchmarks/RESULTS.md, issue 18):
 - time_dependent rather than posed warps: in the Table 3 miniature the pose-free condition
@@ -25,6 +27,10 @@ from see3d_jax.train_config import TrainConfig
 
 # `see3d dataset` arguments: unposed orbits (no cameras, no depths), one scene per clip
 DATA = {"scenes": 1000, "frames": 8, "size": 64, "seed": 1, "unposed": True}
+
+# the step at which each training leg ends (`see3d demo-checkpoint` runs them in turn); the
+# config below is the first leg
+LEGS = (1500, 2500, 4500)
 
 
 def get_config() -> TrainConfig:

@@ -31,8 +31,8 @@ import numpy as np
 # the embedded small model: one model folder in see3d_core, read by both frameworks
 from see3d_core.released_layout import DEMO_CHECKPOINT as DEFAULT_CHECKPOINT
 
-CHECKPOINT_COMMAND = ("see3d demo-checkpoint --workdir RUN, then the same line with steps=2500 (the embedded model's second "
-                      "leg; the recipe: see3d_jax/configs/demo.py; README: 'The demo')")
+CHECKPOINT_COMMAND = ("see3d demo-checkpoint --workdir RUN (the recipe and its training legs: see3d_jax/configs/demo.py; "
+                      "README: 'The demo')")
 MODEL = "see3d-small"
 BASELINE = "warp-only"
 
