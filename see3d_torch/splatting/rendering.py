@@ -223,8 +223,10 @@ def rasterization(
         out of view. The images are the same either way. All three as gsplat's arguments of
         the same names.
         backend: "auto" (gsplat for CUDA tensors when installed, else "torch"), "torch", "gsplat".
-        tile_size: pixels per tile side; default 16 for gsplat, 4 for the torch renderer (small
-        tiles follow small footprints closely, which is what costs time on a CPU).
+        tile_size: pixels per tile side; default 16 for gsplat; for the torch renderer chosen per
+        camera from the drawn Gaussians' median 3-sigma radius (`tiled.choose_tile_size`): 4 for
+        the small Gaussians of a reconstruction (small tiles follow small footprints closely,
+        which is what costs time on a CPU), 8 or 16 for large ones.
         pair_budget: the torch renderer's memory bound, in (Gaussian, pixel) pairs per batch.
 
     Returns:
@@ -255,7 +257,7 @@ def rasterization(
         )
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-        backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size or tiled.DEFAULT_TILE_SIZE, pair_budget,
+        backgrounds, render_mode, near_plane, far_plane, eps2d, tile_size, pair_budget,
         radius_clip, rasterize_mode, packed,
     )
 
@@ -322,7 +324,7 @@ def _rasterize_torch(
         mine = camera_ids == c if packed else c
         image, alpha = tiled.rasterize_tiled(
             means2d[mine], conics[mine], opacities[mine], features[mine], depths[mine], extents[mine], width, height,
-            background, tile_size, pair_budget,
+            background, tile_size or tiled.choose_tile_size(radii[mine]), pair_budget,
         )
         images.append(image)
         alphas.append(alpha)

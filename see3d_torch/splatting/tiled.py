@@ -36,6 +36,33 @@ LOG_TRANSMITTANCE_MIN = math.log(TRANSMITTANCE_MIN)
 DEFAULT_TILE_SIZE = 4  # measured fastest on CPU (128x128, 10k Gaussians: 4 < 8 < 16)
 DEFAULT_PAIR_BUDGET = 1 << 23  # (Gaussian, pixel) pairs per batch: ~32 MB per float tensor
 
+# The tile size when the caller gives none (`choose_tile_size`), from the median footprint of the
+# drawn Gaussians: the median over them of the larger 3-sigma radius (whole pixels, as
+# `project_gaussians` gives them) picks the tile size of the first bound it is below. Small tiles
+# follow ~1-4 px Gaussians closely (few wasted pixel evaluations: DEFAULT_TILE_SIZE, unchanged, so
+# reconstructions made of such Gaussians render exactly as before, their median radius being 4-5).
+# A Gaussian whose footprint spans many tiles costs a binned (Gaussian, tile) pair, its gather and
+# its share of the per-tile work for every tile it touches, which dominates with 4-px tiles at radii
+# of 17-33 px; larger tiles cut that count by up to 4x-16x, for more pixels evaluated in vain at
+# the footprint's edges (a 17-px radius: ~(34 + 16)^2 pixels with 16-px tiles, ~(34 + 4)^2 with 4).
+# Measured with `benchmarks/bench_splatting.py --only large --threads 1` (forward + backward,
+# 128x128, against a naive per-Gaussian renderer), ratio naive / tiled:
+#   median radius ~4 px:  tile 4: TODO, 8: TODO, 16: TODO, automatic: TODO
+#   median radius ~17 px: tile 4: TODO, 8: TODO, 16: TODO, automatic: TODO
+#   median radius ~33 px: tile 4: TODO, 8: TODO, 16: TODO, automatic: TODO
+# TODO(lead): fill in the numbers above from a quiet machine, and move the bounds if they say so.
+AUTO_TILE_SIZES = ((8, DEFAULT_TILE_SIZE), (16, 8), (math.inf, 16))  # (median radius below, tile size)
+
+
+def choose_tile_size(radii: torch.Tensor) -> int:
+    """The tile size for Gaussians with these projected 3-sigma radii [N, 2] (whole pixels; <= 0: not
+    drawn), by the rule of AUTO_TILE_SIZES; DEFAULT_TILE_SIZE when none is drawn."""
+    drawn = (radii > 0).all(-1)
+    if not bool(drawn.any()):
+        return DEFAULT_TILE_SIZE
+    median = float(radii[drawn].max(-1).values.median())  # the lower median for an even count
+    return next(size for bound, size in AUTO_TILE_SIZES if median < bound)
+
 
 def _tile_pixel_features(tile_size: int, device, dtype) -> torch.Tensor:
     """[P, 6] features `[x^2, xy, y^2, x, y, 1]` of the pixels of a tile, relative to its centre."""
