@@ -203,6 +203,144 @@ def test_gradients_match_dense_reference_including_camera_pose():
         np.testing.assert_allclose(ours[name].double().numpy(), ref[name].numpy(), rtol=2e-3, atol=2e-4 * float(ref[name].abs().max()), err_msg=name)
 
 
+def _spy_tile_sizes(monkeypatch):
+    """The tile sizes `rasterization` hands the tiled renderer, call by call."""
+    used, real = [], tiled.rasterize_tiled
+
+    def spy(*args):
+        used.append(args[9])
+        return real(*args)
+
+    monkeypatch.setattr(tiled, "rasterize_tiled", spy)
+    return used
+
+
+def test_automatic_tile_size_is_4_for_small_gaussians(monkeypatch):
+    """Without a tile size the torch renderer picks one from the median projected radius
+    (`tiled.choose_tile_size`): the kit's own small Gaussians (a depth initialisation, ~1 px wide,
+    median 3-sigma radius 4) and the test scene above (median 5) keep 4, today's tile, so their
+    renders (and reconstructions) are bit-identical to tile_size=4."""
+    from see3d_core import synthetic
+
+    scene = synthetic.make_scene(0)
+    cams = synthetic.default_orbit(scene, 4, 48, 48)
+    frames = [synthetic.render(scene, c) for c in cams]
+    g = Gaussians.from_depths([f.rgb for f in frames], [f.depth for f in frames], cams, max_points=3_000, opacity=0.5)
+    t = g.tensors()
+    small = (t["means"], t["quats"], torch.exp(t["log_scales"]), torch.sigmoid(t["opacity_logits"]), t["sh0"][:, 0],
+             torch.tensor(np.stack([c.w2c for c in cams[:2]]), dtype=torch.float32),
+             torch.tensor(np.stack([c.K for c in cams[:2]]), dtype=torch.float32), 48, 48)
+    s = random_scene()
+    viewmats, Ks = camera()
+    for args in (small, (s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], viewmats, Ks, 37, 29)):
+        radii = R.project_gaussians(*args[:3], *args[5:])["radii"]
+        assert 3 <= float(radii[0][(radii[0] > 0).all(-1)].max(-1).values.float().median()) <= 5
+        used = _spy_tile_sizes(monkeypatch)
+        auto, auto_alpha, _ = R.rasterization(*args, backend="torch")
+        assert used == [4] * len(args[5])
+        four, four_alpha, _ = R.rasterization(*args, tile_size=4, backend="torch")
+        assert torch.equal(auto, four) and torch.equal(auto_alpha, four_alpha)
+
+    # the rule itself: the median of the larger radius of the drawn Gaussians
+    def pick(*radius_counts):
+        return tiled.choose_tile_size(torch.tensor([[r, r] for r, n in radius_counts for _ in range(n)]))
+
+    assert pick((2, 5)) == pick((4, 100)) == pick((7, 10)) == 4
+    assert pick((4, 60), (40, 40)) == 4  # a minority of large Gaussians does not change it
+    assert pick((4, 40), (40, 60)) == 16
+    assert pick((8, 3)) == pick((15, 3)) == 8 and pick((16, 3)) == pick((33, 3)) == 16
+    assert tiled.choose_tile_size(torch.tensor([[0, 0], [0, 20], [3, 3]])) == 4  # undrawn ones do not count
+    assert tiled.choose_tile_size(torch.zeros(0, 2, dtype=torch.int32)) == tiled.DEFAULT_TILE_SIZE
+
+
+@pytest.mark.parametrize("scale, expected_tile", [(2.5, 8), (5.0, 16)])
+def test_automatic_tile_size_for_large_gaussians_matches_dense_reference(monkeypatch, scale, expected_tile):
+    """Large Gaussians (median 3-sigma radius 11 and 21 px) get larger tiles by default, with the
+    dense reference's image, alpha and gradients (the tolerances of the tests above)."""
+    viewmats, Ks = camera(64, 48)
+    bg = torch.tensor([0.2, 0.5, 0.7])
+    target = torch.rand(48, 64, 3, generator=torch.Generator().manual_seed(5))
+
+    def render(dense):
+        s = random_scene(requires_grad=True)
+        scales = s["scales"] * scale
+        if dense:
+            p = R.project_gaussians(s["means"], s["quats"], scales, viewmats, Ks, 64, 48)
+            img, alpha = dense_reference(p["means2d"][0], p["conics"][0], s["opacities"], s["colors"], p["depths"][0],
+                                         p["radii"][0], 64, 48, bg)
+        else:
+            img, alpha, _ = R.rasterization(s["means"], s["quats"], scales, s["opacities"], s["colors"], viewmats, Ks,
+                                            64, 48, backgrounds=bg[None], backend="torch")
+            img, alpha = img[0], alpha[0]
+        ((img - target) ** 2).sum().backward()
+        return img.detach().double(), alpha.detach().double(), {k: v.grad.clone() for k, v in s.items()}
+
+    used = _spy_tile_sizes(monkeypatch)
+    img, alpha, grads = render(dense=False)
+    assert used == [expected_tile]
+    ref, ref_alpha, ref_grads = render(dense=True)
+    assert float(ref_alpha.mean()) > 0.25  # not vacuous: a third of the image is covered
+    np.testing.assert_allclose(img.numpy(), ref.numpy(), atol=2e-5)
+    np.testing.assert_allclose(alpha.numpy(), ref_alpha.numpy(), atol=2e-5)
+    for name in ref_grads:
+        assert float(ref_grads[name].abs().max()) > 0, name
+        np.testing.assert_allclose(grads[name].double().numpy(), ref_grads[name].double().numpy(), rtol=2e-3,
+                                   atol=2e-4 * float(ref_grads[name].abs().max()), err_msg=name)
+
+
+def test_benchmark_naive_renderer_matches_dense_reference_and_tiled(monkeypatch):
+    """benchmarks/bench_splatting.py's `naive_rasterize` (the per-Gaussian timing reference for
+    large Gaussians) renders the dense reference's image and alpha, and the tiled renderer's
+    gradients; its transmittance stop is exercised here (opaque, overlapping Gaussians)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_splatting.py"
+    spec = importlib.util.spec_from_file_location("bench_splatting", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    size = 40
+    params = bench.large_gaussians(12.0, 60, size, seed=3)
+    params["opacities"] = 0.7 + 0.29 * params["opacities"].sub(0.2).div(0.7)  # 0.7-0.99: pixels reach the stop
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    viewmats, Ks = bench.large_camera(size)
+    bg = torch.tensor([0.3, 0.4, 0.5])
+    weights = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(4))
+    args = (params["means"], params["quats"], params["scales"], params["opacities"], params["colors"], viewmats, Ks,
+            size, size)
+
+    def render(naive):
+        if naive:
+            with bench._NaiveRenderer():
+                img, alpha, meta = R.rasterization(*args, backgrounds=bg[None], backend="torch")
+        else:
+            img, alpha, meta = R.rasterization(*args, backgrounds=bg[None], backend="torch")
+        (img[0] * weights).sum().backward()
+        grads = {k: v.grad.clone() for k, v in params.items()}
+        for v in params.values():
+            v.grad = None
+        return img[0].detach(), alpha[0].detach(), meta, grads
+
+    img, alpha, meta, grads = render(naive=True)
+    assert tiled.rasterize_tiled is not bench.naive_rasterize  # restored
+    ref, ref_alpha = dense_reference(meta["means2d"][0].detach(), meta["conics"][0].detach(), params["opacities"].detach(),
+                                     params["colors"].detach(), meta["depths"][0].detach(), meta["radii"][0], size, size, bg)
+    np.testing.assert_allclose(img.double().numpy(), ref.numpy(), atol=2e-5)
+    np.testing.assert_allclose(alpha.double().numpy(), ref_alpha.numpy(), atol=2e-5)
+    tiled_img, _, _, tiled_grads = render(naive=False)
+    np.testing.assert_allclose(img.numpy(), tiled_img.numpy(), atol=2e-5)
+    for name in grads:
+        assert float(tiled_grads[name].abs().max()) > 0, name
+        np.testing.assert_allclose(grads[name].numpy(), tiled_grads[name].numpy(), rtol=2e-3,
+                                   atol=2e-4 * float(tiled_grads[name].abs().max()), err_msg=name)
+    # without the stop (the transmittance floor at 0) the naive image changes: the stop was exercised
+    monkeypatch.setattr(tiled, "TRANSMITTANCE_MIN", 0.0)
+    with bench._NaiveRenderer(), torch.no_grad():
+        unstopped = R.rasterization(*args, backgrounds=bg[None], backend="torch")[0][0]
+    assert float((unstopped - img).abs().max()) > 1e-4  # measured 3e-4; the rounding differences are ~2e-7
+
+
 def test_camera_pose_gradient_matches_finite_differences():
     s = random_scene(n=30, seed=2)
     viewmats, Ks = camera()
