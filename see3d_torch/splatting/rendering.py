@@ -226,7 +226,7 @@ def rasterization(
         tile_size: pixels per tile side; default 16 for gsplat; for the torch renderer chosen per
         camera from the drawn Gaussians' median 3-sigma radius (`tiled.choose_tile_size`): 4 for
         the small Gaussians of a reconstruction (small tiles follow small footprints closely,
-        which is what costs time on a CPU), 8 or 16 for large ones.
+        which is what costs time on a CPU), 8 for large ones (measured: `tiled.AUTO_TILE_SIZES`).
         pair_budget: the torch renderer's memory bound, in (Gaussian, pixel) pairs per batch.
 
     Returns:
