@@ -35,6 +35,7 @@ def test_the_demo_recipe_is_a_config_file_and_pose_free():
         load_config("nonexistent_recipe")
 
 
+@pytest.mark.slow  # 20 s: data, a tiny training, export, a rerun (the fast tier stays under 3 min)
 def test_demo_checkpoint_command_builds_and_resumes(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from see3d_torch.unet import MultiViewUNet
@@ -63,6 +64,7 @@ def test_demo_checkpoint_command_builds_and_resumes(tmp_path, capsys):
     assert "get_config" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 50 s: two legs, a rerun, a one-leg run
 def test_demo_checkpoint_runs_the_recipes_legs_in_one_command(tmp_path, capsys):
     """LEGS = (2, 4): the first leg trains 2 steps with a cosine over 2, the second resumes it
     with a cosine over 4 (as the embedded model was trained); a rerun only exports; `steps=`
