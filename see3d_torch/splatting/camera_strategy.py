@@ -36,8 +36,9 @@ SceneFitter = Callable[..., Gaussians]
 PoseRegistrar = Callable[[Gaussians, torch.Tensor, Sequence[Camera], int, float], list[Camera]]
 
 
-def evenly_spaced(total: int, count: int) -> tuple[int, ...]:
-    """`count` (at most `total`) evenly spaced indices into `total` items, from the first."""
+def _evenly_spaced_from_first(total: int, count: int) -> tuple[int, ...]:
+    """`count` (at most `total`) evenly spaced indices into `total` items, from the first, the
+    last not forced in (unlike `capture.evenly_spaced`, which picks frames end to end)."""
     return tuple(int(i) for i in np.linspace(0, total, min(count, total), endpoint=False))
 
 
@@ -115,7 +116,7 @@ class CameraRefinementStrategy:
         height, width = images.shape[1:3]
         given = list(cameras)
         lr = cfg.registration_lr
-        init_views = evenly_spaced(len(cameras), cfg.round_init_views) if depths is not None else None
+        init_views = _evenly_spaced_from_first(len(cameras), cfg.round_init_views) if depths is not None else None
         for downscale in cfg.round_downscales:
             w, h = max(width // downscale, 8), max(height // downscale, 8)
             small_images = F.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
@@ -136,7 +137,7 @@ class CameraRefinementStrategy:
         pose), else None (all training views)."""
         if not self.photometric:
             return None
-        return [train_views[i] for i in evenly_spaced(len(train_views), self.config.round_init_views)]
+        return [train_views[i] for i in _evenly_spaced_from_first(len(train_views), self.config.round_init_views)]
 
     def start_joint(self, num_views: int, scene_scale: float, steps: int, device) -> None:
         """Before the main training: the joint phase's pose corrections of the `num_views`
