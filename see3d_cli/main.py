@@ -328,17 +328,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def training_legs(recipe, overrides: list[str], train_dir: Path) -> list[int | None]:
-    """The ends of the recipe's training legs (`LEGS`) that the run in `train_dir` has not
-    reached. Each leg resumes the last (optimizer, EMA, data position) with `steps` set to its
-    end, so its cosine restarts over the longer run; that is how the embedded model was trained,
-    and the one command reproduces it. `[None]` (one run as configured) when the overrides set
-    `steps` or the recipe has no LEGS; the last leg alone when all are reached (a rerun exports)."""
+def training_legs(recipe, overrides: list[str], train_dir: Path) -> list[tuple[int | None, list[str]]]:
+    """The training legs (`LEGS`, their end steps) that the run in `train_dir` has not reached,
+    each with the overrides it trains with. Each leg resumes the last (optimizer, EMA, data
+    position) with `steps` set to its end, so its cosine restarts over the longer run; that is
+    how the embedded model was trained, and the one command reproduces it. A recipe's
+    `LEG_OVERRIDES` ({leg end: ["key=value", ...]}) change the config from that leg on; the
+    command line's `overrides` come after them. `[(None, [])]` (one run as configured) when the
+    overrides set `steps` or the recipe has no LEGS; the last leg alone when all are reached (a
+    rerun exports)."""
     if any(o.split("=", 1)[0].strip() == "steps" for o in overrides) or not getattr(recipe, "LEGS", None):
-        return [None]
+        return [(None, [])]
     legs = [int(s) for s in recipe.LEGS]
     if legs[0] < 1 or any(b <= a for a, b in zip(legs, legs[1:])):
         raise ValueError(f"the recipe's LEGS must be increasing step counts >= 1, got {recipe.LEGS}")
+    leg_overrides = dict(getattr(recipe, "LEG_OVERRIDES", {}))
+    unknown = sorted(set(leg_overrides) - set(legs))
+    if unknown or not all(isinstance(v, (list, tuple)) and all(isinstance(o, str) for o in v) for v in leg_overrides.values()):
+        raise ValueError(f"the recipe's LEG_OVERRIDES must map ends in LEGS {recipe.LEGS} to lists of 'key=value' "
+                         f"strings, got {leg_overrides!r}")
     done = None
     if (train_dir / "checkpoints").is_dir():
         from see3d_jax.checkpointing import Checkpointer
@@ -346,7 +354,11 @@ def training_legs(recipe, overrides: list[str], train_dir: Path) -> list[int | N
         checkpointer = Checkpointer(str(train_dir / "checkpoints"), asynchronous=False)
         done = checkpointer.latest_step()
         checkpointer.close()
-    return [s for s in legs if done is None or s > done] or legs[-1:]
+    planned, active = [], []
+    for end in legs:
+        active = [*active, *leg_overrides.get(end, ())]
+        planned.append((end, active))
+    return [leg for leg in planned if done is None or leg[0] > done] or planned[-1:]
 
 
 def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
@@ -372,8 +384,8 @@ def _cmd_demo_checkpoint(args: argparse.Namespace) -> int:
     from see3d_jax.train import run
     from see3d_jax.train_config import load_config
 
-    for steps in training_legs(recipe, args.overrides, work / "train"):
-        config = load_config(args.recipe, [*args.overrides, f"steps={steps}"] if steps else args.overrides)
+    for steps, leg_overrides in training_legs(recipe, args.overrides, work / "train"):
+        config = load_config(args.recipe, [*leg_overrides, *args.overrides, *([f"steps={steps}"] if steps else [])])
         summary = run(config, str(data), str(work / "train"), progress=not args.no_progress)
     from see3d_torch.generation.demo import DEFAULT_CHECKPOINT
 

@@ -293,6 +293,12 @@ class MaskConfig:
     Each mask is the union of free-form strokes (polylines with round caps), axis-aligned boxes
     and rotated ellipses, grown or shrunk together until the hole fraction equals a coverage
     drawn uniformly from [min_coverage, max_coverage] (exactly, up to one pixel).
+
+    A share `warp_like_fraction` of the masks look like forward-warp holes instead: many thin
+    curves (disocclusion slivers along depth edges, one to a few pixels wide) and a strip along
+    one image border (the part of a target the references never saw), at a low coverage drawn
+    from [warp_like_min_coverage, warp_like_max_coverage]. The blob masks alone never show the
+    model a one-pixel hole, the commonest hole of a warp (issue 18).
     """
 
     min_coverage: float = 0.15  # fraction of hole pixels (mask 0) per target view
@@ -302,12 +308,26 @@ class MaskConfig:
     num_boxes: int = 2
     num_ellipses: int = 2
     shape_probability: float = 0.7  # each shape is present with this probability (the first stroke always)
+    warp_like_fraction: float = 0.0  # share of masks shaped like warp holes (0: blobs only, as before)
+    warp_like_min_coverage: float = 0.02
+    warp_like_max_coverage: float = 0.15
+    warp_like_curves: int = 6  # thin curves per warp-like mask (the border strip comes on top)
 
     def __post_init__(self):
         if not 0.0 <= self.min_coverage <= self.max_coverage <= 1.0:
             raise ValueError(
                 f"MaskConfig coverage: expected 0 <= min_coverage <= max_coverage <= 1, "
                 f"got {self.min_coverage}, {self.max_coverage}"
+            )
+        if not 0.0 <= self.warp_like_min_coverage <= self.warp_like_max_coverage <= 1.0:
+            raise ValueError(
+                f"MaskConfig warp-like coverage: expected 0 <= warp_like_min_coverage <= warp_like_max_coverage <= 1, "
+                f"got {self.warp_like_min_coverage}, {self.warp_like_max_coverage}"
+            )
+        if not 0.0 <= self.warp_like_fraction <= 1.0 or self.warp_like_curves < 1:
+            raise ValueError(
+                f"MaskConfig: expected 0 <= warp_like_fraction <= 1 and warp_like_curves >= 1, "
+                f"got {self.warp_like_fraction}, {self.warp_like_curves}"
             )
         if self.num_strokes < 1 or self.stroke_vertices < 2 or self.num_boxes < 0 or self.num_ellipses < 0:
             raise ValueError(

@@ -154,14 +154,42 @@ def _hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> 
     return jnp.where(present[:, None, None], field, -jnp.inf).max(axis=0)
 
 
+def _warp_hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> jax.Array:
+    """A field [H, W] for a warp-like mask, in pixels: minus the distance to the nearest of
+    `warp_like_curves` thin random curves, or to one image border scaled down by 1-4x (so the
+    strip grows 1-4x faster than the curves). Ranked to a coverage, it gives curves of equal
+    width (one pixel at a low coverage) and a border strip, as a forward warp leaves them."""
+    n, m = config.warp_like_curves, config.stroke_vertices
+    sizes = {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "border": 3}
+    u = jax.random.uniform(key, (sum(sizes.values()),))
+    draws, offset = {}, 0
+    for name, size in sizes.items():
+        draws[name], offset = u[offset:offset + size], offset + size
+    ys = jnp.arange(height, dtype=jnp.float32) + 0.5
+    xs = jnp.arange(width, dtype=jnp.float32) + 0.5
+    py, px = jnp.meshgrid(ys, xs, indexing="ij")
+    scale = jnp.asarray([width, height], jnp.float32)
+    start = draws["start"].reshape(n, 1, 2) * scale
+    angle = draws["angle"].reshape(n, m - 1) * 2 * math.pi
+    length = (0.08 + 0.22 * draws["length"].reshape(n, m - 1)) * max(height, width)
+    steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
+    vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y) in pixels
+    a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
+    dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b).min(axis=0)
+    side, stretch, present = draws["border"][0], 1.0 + 3.0 * draws["border"][1], draws["border"][2] < 0.7
+    to_border = jnp.select([side < 0.25, side < 0.5, side < 0.75], [px, width - px, py], height - py)
+    return -jnp.minimum(dist, jnp.where(present, to_border / stretch, jnp.inf))
+
+
 def random_masks(key: jax.Array, num: int, height: int, width: int, config: MaskConfig = MaskConfig()) -> jax.Array:
     """`num` random irregular masks [num, H, W, 1] float32 (1 = known, 0 = hole).
 
     Deterministic in `key`; vectorised (vmap over masks) and jit-compiled once per size and
     shape counts (the coverage range is traced, so changing it does not recompile). The hole
-    fraction of each mask is uniform in [config.min_coverage, config.max_coverage], exact up
-    to rounding to whole pixels: the holes are the round(coverage * H * W) pixels where the
-    union of shapes' field is largest.
+    fraction of each mask is uniform in [config.min_coverage, config.max_coverage] (for the
+    warp-like share, in [warp_like_min_coverage, warp_like_max_coverage]), exact up to rounding
+    to whole pixels: the holes are the round(coverage * H * W) pixels where the union of
+    shapes' field is largest.
     """
     if num < 0 or height < 1 or width < 1:
         raise ValueError(f"random_masks: expected num >= 0 and a positive size, got {num}, {height}x{width}")
@@ -174,6 +202,12 @@ def _random_masks(key, min_coverage, max_coverage, num, height, width, shapes):
     def one(k):
         field = _hole_field(k, height, width, shapes).reshape(-1)
         coverage = jax.random.uniform(jax.random.fold_in(k, 1), (), minval=min_coverage, maxval=max_coverage)
+        if shapes.warp_like_fraction > 0:  # static: blob-only masks stay exactly as they were
+            warp_like = jax.random.uniform(jax.random.fold_in(k, 2), ()) < shapes.warp_like_fraction
+            field = jnp.where(warp_like, _warp_hole_field(jax.random.fold_in(k, 3), height, width, shapes).reshape(-1), field)
+            warp_coverage = jax.random.uniform(jax.random.fold_in(k, 4), (), minval=shapes.warp_like_min_coverage,
+                                               maxval=shapes.warp_like_max_coverage)
+            coverage = jnp.where(warp_like, warp_coverage, coverage)
         num_holes = jnp.round(coverage * field.size).astype(jnp.int32)
         rank = jnp.argsort(jnp.argsort(-field))  # 0 = largest field value; ties by pixel index
         return jnp.where(rank < num_holes, 0.0, 1.0).reshape(height, width, 1).astype(jnp.float32)

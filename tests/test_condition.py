@@ -88,6 +88,34 @@ def test_mask_coverage_is_in_range_and_deterministic(seed, low, span):
     np.testing.assert_array_equal(masks, np.asarray(jc.random_masks(jax.random.key(seed), 3, 20, 24, config)))
 
 
+def test_warp_like_masks_are_thin_low_coverage_holes_and_mix_with_blobs():
+    """`warp_like_fraction`: that share of masks are thin curves and a border strip at the
+    warp-like coverage (a forward warp's holes), the rest the blob masks as before."""
+    size = 64
+    warp_like = jc.MaskConfig(warp_like_fraction=1.0)
+    masks = np.asarray(jc.random_masks(jax.random.key(3), 16, size, size, warp_like))[..., 0]
+    coverage = 1.0 - masks.mean(axis=(1, 2))
+    assert np.all(coverage >= 0.02 - 1 / size**2) and np.all(coverage <= 0.15 + 1 / size**2)
+    from scipy.ndimage import distance_transform_edt
+    # thin: most hole pixels have a known pixel within 1.5 px; and a border strip in most masks
+    near_known = [np.mean(distance_transform_edt(m == 0)[m == 0] <= 1.5) for m in masks]
+    assert np.median(near_known) > 0.85
+    border_strip = [max((m[:, 0] == 0).mean(), (m[:, -1] == 0).mean(), (m[0] == 0).mean(), (m[-1] == 0).mean()) > 0.9
+                    for m in masks]
+    assert 4 <= sum(border_strip) <= 15  # present with probability 0.7
+    # a mixture: both kinds, told apart by their coverage ranges (warp-like <= 0.15 < blobs)
+    mixed = np.asarray(jc.random_masks(jax.random.key(4), 64, 32, 32, jc.MaskConfig(warp_like_fraction=0.5)))
+    mixed_coverage = 1.0 - mixed.mean(axis=(1, 2, 3))
+    assert 10 <= np.sum(mixed_coverage <= 0.15 + 1 / 32**2) <= 54
+    # fraction 0 is the blob masks exactly
+    np.testing.assert_array_equal(np.asarray(jc.random_masks(jax.random.key(5), 4, 32, 32, jc.MaskConfig(warp_like_fraction=0.0))),
+                                  np.asarray(jc.random_masks(jax.random.key(5), 4, 32, 32, jc.MaskConfig())))
+    with pytest.raises(ValueError, match="warp_like_fraction"):
+        jc.MaskConfig(warp_like_fraction=1.5)
+    with pytest.raises(ValueError, match="warp-like coverage"):
+        jc.MaskConfig(warp_like_min_coverage=0.3, warp_like_max_coverage=0.1)
+
+
 def test_masks_differ_between_keys_and_are_irregular():
     a = np.asarray(jc.random_masks(jax.random.key(1), 4, 32, 32))
     b = np.asarray(jc.random_masks(jax.random.key(2), 4, 32, 32))
