@@ -35,6 +35,28 @@ def test_the_demo_recipe_is_a_config_file_and_pose_free():
         load_config("nonexistent_recipe")
 
 
+def test_training_legs_carry_the_recipes_leg_overrides_from_their_leg_on(tmp_path):
+    from types import SimpleNamespace
+
+    from see3d_jax.train_config import load_config, load_recipe
+
+    recipe = SimpleNamespace(LEGS=(2, 4, 6), LEG_OVERRIDES={4: ["learning_rate=0.5"], 6: ["batch_size=3"]})
+    assert cli.training_legs(recipe, [], tmp_path / "train") == [
+        (2, []), (4, ["learning_rate=0.5"]), (6, ["learning_rate=0.5", "batch_size=3"])]
+    assert cli.training_legs(recipe, ["steps=9"], tmp_path / "train") == [(None, [])]  # one run as configured
+    assert cli.training_legs(SimpleNamespace(LEGS=(2, 4)), [], tmp_path / "train") == [(2, []), (4, [])]
+    with pytest.raises(ValueError, match="LEG_OVERRIDES must map ends in LEGS"):
+        cli.training_legs(SimpleNamespace(LEGS=(2, 4), LEG_OVERRIDES={3: ["a=1"]}), [], tmp_path / "train")
+    with pytest.raises(ValueError, match="LEG_OVERRIDES must map ends in LEGS"):
+        cli.training_legs(SimpleNamespace(LEGS=(2, 4), LEG_OVERRIDES={4: "a=1"}), [], tmp_path / "train")
+    # the demo recipe: warp-like masks from its last leg on, blobs before
+    demo = load_recipe("demo")
+    legs = cli.training_legs(demo, [], tmp_path / "none")
+    assert [end for end, _ in legs] == list(demo.LEGS)
+    assert load_config("demo", legs[0][1]).condition.masks.warp_like_fraction == 0.0
+    assert load_config("demo", legs[-1][1]).condition.masks.warp_like_fraction == 0.5
+
+
 @pytest.mark.slow  # 20 s: data, a tiny training, export, a rerun (the fast tier stays under 3 min)
 def test_demo_checkpoint_command_builds_and_resumes(tmp_path, capsys):
     torch = pytest.importorskip("torch")
