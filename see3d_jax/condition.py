@@ -105,32 +105,43 @@ def _segment_distance(px, py, ax, ay, bx, by):
     return jnp.hypot(px - ax - h * dx, py - ay - h * dy)
 
 
-def _hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> jax.Array:
-    """A field [H, W] that is large inside the shapes and decreases away from them."""
-    n, m, nb, ne = config.num_strokes, config.stroke_vertices, config.num_boxes, config.num_ellipses
-    # One draw for every random number (each jax.random call compiles its own generator).
-    sizes = {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "thick": n,
-             "box": 4 * nb, "ellipse": 5 * ne, "present": n + nb + ne}
+def _uniform_draws(key: jax.Array, sizes: dict[str, int]) -> dict[str, jax.Array]:
+    """One uniform draw for every random number a mask needs, split by name (each jax.random
+    call compiles its own generator)."""
     u = jax.random.uniform(key, (sum(sizes.values()),))
     draws, offset = {}, 0
     for name, size in sizes.items():
         draws[name], offset = u[offset:offset + size], offset + size
+    return draws
 
+
+def _random_walk_distances(draws: dict[str, jax.Array], n: int, m: int, px, py, start_scale, length_scale) -> jax.Array:
+    """Distances [n, H, W] from the pixels (px, py) to n random walks of m vertices: each starts
+    at `draws["start"]` x `start_scale` and takes m - 1 steps in random directions, of length
+    (0.08 to 0.30) x `length_scale`."""
+    start = draws["start"].reshape(n, 1, 2) * start_scale
+    angle = draws["angle"].reshape(n, m - 1) * 2 * math.pi
+    length = (0.08 + 0.22 * draws["length"].reshape(n, m - 1)) * length_scale
+    steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
+    vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y)
+    a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
+    dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b)
+    return dist.reshape(n, m - 1, *px.shape).min(axis=1)
+
+
+def _hole_field(key: jax.Array, height: int, width: int, config: MaskConfig) -> jax.Array:
+    """A field [H, W] that is large inside the shapes and decreases away from them."""
+    n, m, nb, ne = config.num_strokes, config.stroke_vertices, config.num_boxes, config.num_ellipses
+    draws = _uniform_draws(key, {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "thick": n,
+                                 "box": 4 * nb, "ellipse": 5 * ne, "present": n + nb + ne})
     ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
     xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
     py, px = jnp.meshgrid(ys, xs, indexing="ij")
     fields = []
 
     # Strokes: random walks of `stroke_vertices` points; field = 1 - distance / thickness.
-    start = draws["start"].reshape(n, 1, 2)
-    angle = draws["angle"].reshape(n, m - 1) * 2 * math.pi
-    length = 0.08 + 0.22 * draws["length"].reshape(n, m - 1)
-    steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
-    vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y)
     thickness = 0.02 + 0.05 * draws["thick"]
-    a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
-    dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b)
-    dist = dist.reshape(n, m - 1, height, width).min(axis=1)
+    dist = _random_walk_distances(draws, n, m, px, py, 1.0, 1.0)
     fields.append(1.0 - dist / thickness[:, None, None])
 
     if nb:
@@ -160,22 +171,12 @@ def _warp_hole_field(key: jax.Array, height: int, width: int, config: MaskConfig
     strip grows 1-4x faster than the curves). Ranked to a coverage, it gives curves of equal
     width (one pixel at a low coverage) and a border strip, as a forward warp leaves them."""
     n, m = config.warp_like_curves, config.stroke_vertices
-    sizes = {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "border": 3}
-    u = jax.random.uniform(key, (sum(sizes.values()),))
-    draws, offset = {}, 0
-    for name, size in sizes.items():
-        draws[name], offset = u[offset:offset + size], offset + size
+    draws = _uniform_draws(key, {"start": 2 * n, "angle": n * (m - 1), "length": n * (m - 1), "border": 3})
     ys = jnp.arange(height, dtype=jnp.float32) + 0.5
     xs = jnp.arange(width, dtype=jnp.float32) + 0.5
     py, px = jnp.meshgrid(ys, xs, indexing="ij")
     scale = jnp.asarray([width, height], jnp.float32)
-    start = draws["start"].reshape(n, 1, 2) * scale
-    angle = draws["angle"].reshape(n, m - 1) * 2 * math.pi
-    length = (0.08 + 0.22 * draws["length"].reshape(n, m - 1)) * max(height, width)
-    steps = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1) * length[..., None]
-    vertices = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)  # [n, m, 2] (x, y) in pixels
-    a, b = vertices[:, :-1].reshape(-1, 2), vertices[:, 1:].reshape(-1, 2)
-    dist = jax.vmap(lambda s, e: _segment_distance(px, py, s[0], s[1], e[0], e[1]))(a, b).min(axis=0)
+    dist = _random_walk_distances(draws, n, m, px, py, scale, float(max(height, width))).min(axis=0)
     side, stretch, present = draws["border"][0], 1.0 + 3.0 * draws["border"][1], draws["border"][2] < 0.7
     to_border = jnp.select([side < 0.25, side < 0.5, side < 0.75], [px, width - px, py], height - py)
     return -jnp.minimum(dist, jnp.where(present, to_border / stretch, jnp.inf))
