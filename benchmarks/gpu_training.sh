@@ -54,7 +54,11 @@ PYEOF
   TABLE3_ARGS="--scenes 4 --frames 4 --size 32 --steps 2 --segments 1 --eval-scenes 2 --sample-steps 2 --variants masked,time_dependent"
   TABLE3_OVERRIDES=(--override unet.model_channels=16 --override unet.norm_num_groups=8 --override unet.num_head_channels=16 --override batch_size=2)
 else
-  RECIPE=demo; DEMO_OVERRIDES="steps=${DEMO_STEPS:-6000} batch_size=${DEMO_BATCH:-32} checkpoint_every=2000 condition.masks.warp_like_fraction=0.5"
+  RECIPE=demo
+  # one leg here, with the recipe's last-leg overrides (its LEG_OVERRIDES, as `see3d demo-checkpoint` applies them) from the start
+  LAST_LEG_OVERRIDES=$("$PY" -c "from pathlib import Path; from see3d_cli.main import training_legs; from see3d_jax.train_config import load_recipe
+print(' '.join(training_legs(load_recipe('$RECIPE'), [], Path('/nonexistent'))[-1][1]))")
+  DEMO_OVERRIDES="$LAST_LEG_OVERRIDES steps=${DEMO_STEPS:-6000} batch_size=${DEMO_BATCH:-32} checkpoint_every=2000"
   TABLE3_ARGS="--scenes 800 --frames 8 --size 64 --steps ${TABLE3_STEPS:-4000} --segments ${TABLE3_SEGMENTS:-8} --eval-scenes 32"
   TABLE3_OVERRIDES=()
 fi
