@@ -46,8 +46,8 @@ from see3d_core.clips import (
 from see3d_core.images import to_uint8
 
 SPLAT_MODES = ("nearest", "bilinear", "soft")
-MIN_WEIGHT = 0.05  # a destination pixel is known when this much splat weight reached it
-BID_MIN_WEIGHT = 1e-3  # splat corners below this share (float rounding of integer positions) do not occlude
+MIN_WEIGHT = 0.05  # a destination pixel is known when this much splat weight reached it, and a splat
+# corner occludes farther ones only with at least this weight (see the z-buffer in `forward_warp`)
 
 
 def _check_inputs(image, depth, K_src, K_dst, src_to_dst):
@@ -240,12 +240,16 @@ def forward_warp(
         cand_z = torch.cat([cand_z, torch.where(keep, sz, 1.0)])
         source_rest = src_id
 
-    # z-buffer: the nearest surface per destination pixel, then who counts against it
-    # a bilinear corner with a float-rounding share (a source landing 1e-7 px short of an integer
-    # position) must not hide the surface that lands on that pixel with weight ~1: a view warped
-    # onto itself lost ~45% of a 32 px synthetic view to such corners. Real partial coverage
-    # (>= BID_MIN_WEIGHT) still occludes, as before.
-    bids = torch.where(weight >= BID_MIN_WEIGHT, cand_z, torch.full_like(cand_z, float("inf")))
+    # z-buffer: the nearest surface per destination pixel, then who counts against it. Only a
+    # corner that could make the pixel known on its own (weight >= MIN_WEIGHT) bids: a weaker one
+    # (a float-rounding share, or the far corner of a splat on a surface seen at a grazing angle,
+    # whose neighbours in the source lie > depth_tolerance deeper) would hide the heavier splats
+    # of its own surface and leave a hole although the source sees the pixel. With any
+    # weight > 0 bidding a view warped onto itself lost ~45% of a 32 px view; with > 1e-3, 64 px
+    # warps of the synthetic floor kept one-pixel cracks (tests/test_warp.py, RESULTS issue 18).
+    # Weaker corners nearer than the winner still count (each with under MIN_WEIGHT), and where
+    # no corner bids they all do.
+    bids = torch.where(weight >= MIN_WEIGHT, cand_z, torch.full_like(cand_z, float("inf")))
     nearest = torch.full((trash + 1,), float("inf"), device=image.device, dtype=z.dtype)
     nearest.scatter_reduce_(0, index, bids, reduce="amin")
     ratio = cand_z / nearest[index] - 1.0

@@ -97,7 +97,11 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
     from see3d_torch.generation.loop import GenerationConfig, generate_views
     from see3d_torch.mono_depth import DepthDistortion, SyntheticDepthOracle
 
-    cams = synthetic.default_orbit(scene, 7, SIZE, SIZE, azimuth_deg=(-15, 15))
+    # 128 px: at 64 px SIFT finds 20-60 keypoints per view and the per-keypoint alignment of a
+    # view or two of the last iteration lands at 10-24% median error, which view depends on
+    # details of the warp (scenes 3-11, RESULTS issue 18); at 128 px every view of scenes 3, 4, 7 and 10 is within 2.5%
+    size = 2 * SIZE
+    cams = synthetic.default_orbit(scene, 7, size, size, azimuth_deg=(-15, 15))
     frames = [synthetic.render(scene, c) for c in cams]
     mid = 3
     targets = [c for i, c in enumerate(cams) if i != mid]
@@ -110,7 +114,7 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
     assert result.iterations[1].anchors[0] in (3, 4)  # generated views became anchors
     truth = [frames[mid]] + [frames[i] for i in range(7) if i != mid]
     for i in result.iterations[0].targets:  # warped from the input's exact depth
-        assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 19  # 64 px: resampling blur
+        assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 19  # resampling blur
     for i in result.generated:
         assert _psnr(result.conditions[i], truth[i].rgb, result.masks[i]) > 14  # warps of inpainted warps
         assert 0.85 < result.masks[i].mean() <= 1.0
@@ -122,7 +126,7 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
     record = json.loads((tmp_path / "run" / "generation.json").read_text())
     assert len(record["views"]) == 7 and len(record["iterations"]) == 3
     assert len(trajectories.load_json(written["cameras"])) == 7
-    assert np.load(tmp_path / "run" / "depths" / "depth_003.npy").shape == (SIZE, SIZE)
+    assert np.load(tmp_path / "run" / "depths" / "depth_003.npy").shape == (size, size)
     assert (tmp_path / "run" / "conditions" / "condition_006.png").is_file()
 
 
