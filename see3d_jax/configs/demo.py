@@ -11,8 +11,8 @@ validation scenes 100-102 (RESULTS, issue 18) 1,500 steps left the holes ~1 dB b
 inpainting, 2,500 were level with it, 4,500 a little ahead on every metric but SSIM. The fourth
 leg (to 6,000) adds warp-like masks (`LEG_OVERRIDES`): on validation scenes 100-111 the one-pixel
 cracks gained 0.2 dB and the holes 0.1 dB; the fifth (to 8,000, the same masks) another 0.15 dB
-on the holes, and with the forward warp's cracks fixed (issue 18, session 9) it wins SSIM too. 47
-+ 37 + 47 + 27 + 39 minutes on the shared 2-core CPU.
+on the holes, and with the forward warp's cracks fixed (issue 18, session 9) it is level with the
+baseline on SSIM. The legs took 47, 37, 47, 27 and 39 minutes on the shared 2-core CPU.
 
 Why these choices (benchmarks/RESULTS.md, issue 18):
 - time_dependent rather than posed warps: in the Table 3 miniature the pose-free condition
