@@ -406,5 +406,16 @@ def pair_warps_path(clip_dir: str | os.PathLike, image_size: int) -> Path:
     `square_resize`): `clip_dir/pair_warps_<size>.npz` with "images" uint8 [N, N, S, S, 3],
     "masks" bool [N, N, S, S] and "depths" float32 [N, N, S, S] indexed [source, destination].
     Written by `see3d_torch.warp.write_pair_warps` (the generation loop's warp), read by the
-    JAX data pipeline for the "posed_warp" condition."""
+    JAX data pipeline for the "posed_warp" condition; "version" is the warp's `PAIR_WARPS_VERSION`."""
     return Path(clip_dir) / f"pair_warps_{int(image_size)}.npz"
+
+
+# bumped when the generation loop's warp changes what it writes, so that training never reads pair
+# warps the inference warp would not produce: 2 = the z-buffer without one-pixel cracks (issue 18)
+PAIR_WARPS_VERSION = 2
+
+
+def pair_warps_version(path: str | os.PathLike) -> int:
+    """The warp version a pair-warps file was written with (1: before files carried one)."""
+    with np.load(path) as stored:
+        return int(stored["version"]) if "version" in stored.files else 1

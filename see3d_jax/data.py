@@ -33,7 +33,16 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from see3d_core.clips import ClipDataset, ClipFormatError, pair_warps_path, read_clip, read_info, square_resize
+from see3d_core.clips import (
+    PAIR_WARPS_VERSION,
+    ClipDataset,
+    ClipFormatError,
+    pair_warps_path,
+    pair_warps_version,
+    read_clip,
+    read_info,
+    square_resize,
+)
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:
@@ -72,6 +81,9 @@ class ClipViews:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no pair warps for posed training at {self.image_size} px; write them with "
                                         f"`see3d pair-warps DATA --size {self.image_size}` (the generation loop's warp)")
+            if pair_warps_version(path) != PAIR_WARPS_VERSION:
+                raise ClipFormatError(f"{path}: pair warps written by warp version {pair_warps_version(path)}, the kit's is "
+                                      f"{PAIR_WARPS_VERSION}; rewrite them with `see3d pair-warps DATA --size {self.image_size}`")
             with np.load(path) as warps:
                 pick = np.ix_(idx, idx)
                 out["pair_images"] = to_model_range(warps["images"][pick])

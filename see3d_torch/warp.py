@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from see3d_core.clips import (
+    PAIR_WARPS_VERSION,
     ClipDataset,
     ClipFormatError,
     pair_warps_path,
+    pair_warps_version,
     read_clip,
     read_info,
     square_resize,
@@ -352,10 +354,10 @@ def show_warp(ax, warped, known_mask, title: str = "", target=None) -> None:
 def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool:
     """Compute and store `pair_warps` of a posed clip at the training crop `image_size`
     (`see3d_core.clips.square_resize`), in `see3d_core.clips.pair_warps_path`. Written whole
-    (temporary file, then rename); an existing file is kept unless `overwrite`. Returns whether
-    it wrote. Raises ClipFormatError naming the clip when it has no cameras or depths."""
+    (temporary file, then rename); an existing file is kept unless `overwrite` or it was written
+    by an older warp (`PAIR_WARPS_VERSION`). Returns whether it wrote. Raises ClipFormatError naming the clip when it has no cameras or depths."""
     path = pair_warps_path(clip_dir, image_size)
-    if path.is_file() and not overwrite:
+    if path.is_file() and not overwrite and pair_warps_version(path) == PAIR_WARPS_VERSION:
         return False
     clip = read_clip(clip_dir)
     info = clip.info
@@ -366,8 +368,8 @@ def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool
     K = square_resize_intrinsics(np.asarray(info.intrinsics, np.float64), info.height, info.width, image_size)
     warps = pair_warps(frames.astype(np.float32) / 255.0, depths, K, np.asarray(info.c2w))
     tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=to_uint8(warps["images"]),
-                        masks=warps["masks"], depths=warps["depths"].astype(np.float32))
+    np.savez_compressed(tmp, images=to_uint8(warps["images"]), masks=warps["masks"],
+                        depths=warps["depths"].astype(np.float32), version=np.int32(PAIR_WARPS_VERSION))
     os.replace(tmp, path)
     return True
 
