@@ -33,16 +33,8 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from see3d_core.clips import (
-    PAIR_WARPS_VERSION,
-    ClipDataset,
-    ClipFormatError,
-    pair_warps_path,
-    pair_warps_version,
-    read_clip,
-    read_info,
-    square_resize,
-)
+from see3d_core.clips import (PAIR_WARPS_VERSION, ClipDataset, ClipFormatError, pair_warps_path, pair_warps_version,
+                              read_clip, read_info, square_resize)
 
 
 def to_model_range(frames: np.ndarray) -> np.ndarray:
