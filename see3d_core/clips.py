@@ -415,7 +415,7 @@ def pair_warps_path(clip_dir: str | os.PathLike, image_size: int) -> Path:
 PAIR_WARPS_VERSION = 2
 
 
-def pair_warps_version(path: str | os.PathLike) -> int:
-    """The warp version a pair-warps file was written with (1: before files carried one)."""
-    with np.load(path) as stored:
-        return int(stored["version"]) if "version" in stored.files else 1
+def pair_warps_version(stored: np.lib.npyio.NpzFile) -> int:
+    """The warp version an opened pair-warps file (`np.load(pair_warps_path(...))`) was written
+    with (1: before files carried one)."""
+    return int(stored["version"]) if "version" in stored.files else 1

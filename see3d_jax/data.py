@@ -73,10 +73,11 @@ class ClipViews:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no pair warps for posed training at {self.image_size} px; write them with "
                                         f"`see3d pair-warps DATA --size {self.image_size}` (the generation loop's warp)")
-            if pair_warps_version(path) != PAIR_WARPS_VERSION:
-                raise ClipFormatError(f"{path}: pair warps written by warp version {pair_warps_version(path)}, the kit's is "
-                                      f"{PAIR_WARPS_VERSION}; rewrite them with `see3d pair-warps DATA --size {self.image_size}`")
             with np.load(path) as warps:
+                version = pair_warps_version(warps)
+                if version != PAIR_WARPS_VERSION:
+                    raise ClipFormatError(f"{path}: pair warps written by warp version {version}, the kit's is "
+                                          f"{PAIR_WARPS_VERSION}; rewrite them with `see3d pair-warps DATA --size {self.image_size}`")
                 pick = np.ix_(idx, idx)
                 out["pair_images"] = to_model_range(warps["images"][pick])
                 out["pair_masks"] = warps["masks"][pick].astype(np.float32)

@@ -355,10 +355,13 @@ def write_pair_warps(clip_dir, image_size: int, overwrite: bool = False) -> bool
     """Compute and store `pair_warps` of a posed clip at the training crop `image_size`
     (`see3d_core.clips.square_resize`), in `see3d_core.clips.pair_warps_path`. Written whole
     (temporary file, then rename); an existing file is kept unless `overwrite` or it was written
-    by an older warp (`PAIR_WARPS_VERSION`). Returns whether it wrote. Raises ClipFormatError naming the clip when it has no cameras or depths."""
+    by an older warp (`PAIR_WARPS_VERSION`). Returns whether it wrote. Raises ClipFormatError
+    naming the clip when it has no cameras or depths."""
     path = pair_warps_path(clip_dir, image_size)
-    if path.is_file() and not overwrite and pair_warps_version(path) == PAIR_WARPS_VERSION:
-        return False
+    if path.is_file() and not overwrite:
+        with np.load(path) as stored:
+            if pair_warps_version(stored) == PAIR_WARPS_VERSION:
+                return False
     clip = read_clip(clip_dir)
     info = clip.info
     if not info.posed or clip.depths is None:

@@ -99,7 +99,8 @@ def test_loop_with_warp_only_backend_reproduces_the_scene(scene, tmp_path):
 
     # 128 px: at 64 px SIFT finds 20-60 keypoints per view and the per-keypoint alignment of a
     # view or two of the last iteration lands at 10-24% median error, which view depends on
-    # details of the warp (scenes 3-11, RESULTS issue 18); at 128 px every view of scenes 3, 4, 7 and 10 is within 2.5%
+    # details of the warp (scenes 3-11, RESULTS issue 18); at 128 px every view of scenes 3, 4,
+    # 7 and 10 is within 2.5%
     size = 2 * SIZE
     cams = synthetic.default_orbit(scene, 7, size, size, azimuth_deg=(-15, 15))
     frames = [synthetic.render(scene, c) for c in cams]
