@@ -286,6 +286,7 @@ def test_posed_warp_batches_shuffle_both_axes_of_the_pair_warps():
         jc.build_training_batch(jax.random.key(1), views, SCHEDULE, config)
 
 
+@pytest.mark.slow  # 5-8 s: out of the fast tier, in make test
 def test_posed_fraction_mixes_warped_samples_into_time_dependent_training():
     """Table 6's mixtures: with posed_fraction p, about p of the samples take the references'
     warps (their mask is the pair-warp mask), the rest random masks."""

@@ -21,6 +21,7 @@ def orbit_views():
     return cams, [synthetic.render(scene, c).rgb for c in cams]
 
 
+@pytest.mark.slow  # 5-8 s: out of the fast tier, in make test
 def test_colmap_cameras_match_the_true_orbit(orbit_views):
     pytest.importorskip("pycolmap", reason="the 'colmap' extra is not installed")
     cams, images = orbit_views

@@ -284,6 +284,7 @@ def test_bad_capture_inputs_are_named(orbit, tmp_path):
         load_capture(tmp_path / "notes.txt")
 
 
+@pytest.mark.slow  # 5-8 s: out of the fast tier, in make test
 def test_see3d_reconstruct_from_a_video(orbit, tmp_path, capsys):
     _, cameras, images = orbit
     video = tmp_path / "orbit.mp4"

@@ -206,6 +206,7 @@ def test_see3d_reconstruct_command(world, tmp_path, capsys):
     assert code == 2 and "5 cameras for 6 images" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 5-8 s: out of the fast tier, in make test
 def test_time_limit_skips_refinements_that_could_not_settle(world):
     """With a time limit, a refinement is skipped when fewer than refine_every / 2 steps are left
     at the mean step time: Gaussians split just before the end would be evaluated unsettled
