@@ -40,7 +40,7 @@ def test_alignment_partners_are_the_nearest_other_known_views(orbit):
     assert alignment_partners(views[2], [views[2]], scale, 3) == []
 
 
-def test_aligned_depth_falls_back_from_keypoints_to_the_warped_depth_to_the_monocular_one(orbit):
+def test_aligned_depth_pools_keypoints_with_the_warped_depth_and_falls_back_to_the_monocular_one(orbit):
     cams, frames = orbit
     truth = frames[2].depth
     estimator = _ScaledDepth({SIZE: truth}, 3.0)  # three times too deep
@@ -48,20 +48,39 @@ def test_aligned_depth_falls_back_from_keypoints_to_the_warped_depth_to_the_mono
     depth, source = aligned_depth(lone, [], estimator, GenerationConfig())
     assert source == "monocular (sets the scale)"
     np.testing.assert_allclose(depth, np.maximum(3.0 * truth, 1e-3))  # as predicted: it fixes the scene's scale
-    # too few keypoints (at most a handful match on a 48 px view): the depth warped into the view aligns it
+    # a generated view: its keypoints (a handful match on a 48 px view) pooled with the depth warped into it
     warped = ViewRecord(2, cams[2], frames[2].rgb, mask=np.ones((SIZE, SIZE), np.float32), warped_depth=truth.copy())
     partners = [ViewRecord(1, cams[1], frames[1].rgb)]
-    depth, source = aligned_depth(warped, partners, estimator, GenerationConfig(min_keypoints=100, max_alignment_partners=1))
-    assert source.startswith("warped depth")
+    depth, source = aligned_depth(warped, partners, estimator, GenerationConfig(max_alignment_partners=1))
+    assert source.startswith("keypoints (") and " + warped depth (" in source
+    assert int(source.split("warped depth (")[1].rstrip(")")) > 500
     assert np.median(np.abs(depth - truth) / truth) < 0.02
-    # no warped depth either: the prediction as it is, saying how many keypoints were too few
+    # too few consistent points: the prediction as it is, saying how many keypoints there were
     depth, source = aligned_depth(lone, partners, estimator, GenerationConfig(min_keypoints=100))
     assert source.startswith("monocular (") and source.endswith("keypoints)")
-    # enough keypoints: matched with the partners and triangulated through their cameras
+    np.testing.assert_allclose(depth, np.maximum(3.0 * truth, 1e-3))
+    # no warped depth (inputs without depth): keypoints matched with the partners, triangulated through their cameras
     partners = [ViewRecord(i, cams[i], frames[i].rgb) for i in (1, 3)]
     depth, source = aligned_depth(lone, partners, estimator, GenerationConfig(min_keypoints=8))
-    assert source.startswith("keypoints")
+    assert source.startswith("keypoints") and "warped" not in source
     assert np.median(np.abs(depth - truth) / truth) < 0.05
+
+
+def test_warped_depth_is_sampled_away_from_depth_edges_and_hole_borders():
+    from see3d_torch.generation.loop import warped_depth_points
+
+    depth = np.full((20, 20), 2.0, np.float32)
+    depth[:, 10:] = 4.0  # a depth edge between columns 9 and 10
+    mask = np.ones((20, 20), np.float32)
+    mask[2:5, 2:5] = 0  # a hole
+    depth[mask == 0] = 0
+    uv, z = warped_depth_points(depth, mask, max_points=10_000)
+    xs, ys = uv[:, 0].astype(int), uv[:, 1].astype(int)
+    assert not np.isin(xs, (9, 10)).any()  # both sides of the edge
+    assert not ((xs >= 1) & (xs <= 5) & (ys >= 1) & (ys <= 5)).any()  # the hole and its 1-pixel border
+    np.testing.assert_array_equal(z, depth[ys, xs])
+    assert len(z) == 20 * 20 - 2 * 20 - 5 * 5  # every other pixel, image borders included
+    assert len(warped_depth_points(depth, mask, max_points=50)[1]) == 50
 
 
 def test_aligned_depth_rejects_an_estimate_of_the_wrong_size(orbit):

@@ -10,7 +10,8 @@ The input view's depth is the synthetic world's true depth (an RGB-D input: it f
 scene's metric scale, so generated views can be compared with the true views pixel by pixel).
 Every generated view gets its depth from a monocular "estimator" that is the true depth
 distorted by a global affine map and a smooth local scale (`mono_depth.DepthDistortion`), and
-the loop aligns it per keypoint and with LWLR, as it would align Depth Anything's.
+the loop aligns it (keypoints pooled with the depth warped into the view, then LWLR), as it
+would align Depth Anything's.
 
 Without the small checkpoint (`DEFAULT_CHECKPOINT`, built by `CHECKPOINT_COMMAND`) the demo
 runs the warp-only baseline alone and says so in the summary, `MISSING_CHECKPOINT.txt` and
