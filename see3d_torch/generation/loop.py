@@ -248,10 +248,11 @@ def warped_depth_points(warped_depth: np.ndarray, mask: np.ndarray, max_points: 
     depth for the monocular map's own edge."""
     known = ((mask > 0.5) & (warped_depth > 0)).astype(np.uint8)
     footprint = np.ones((3, 3), np.uint8)
+    interior = cv2.erode(known, footprint, borderType=cv2.BORDER_REPLICATE) > 0  # the 3x3 neighbourhood is known
     depth = np.where(known > 0, warped_depth, 0).astype(np.float32)
-    nearest = -cv2.dilate(np.where(known > 0, -depth, -np.inf).astype(np.float32), footprint)
-    farthest = cv2.dilate(depth, footprint)
-    flat = (cv2.erode(known, footprint, borderType=cv2.BORDER_REPLICATE) > 0) & (farthest - nearest < edge_tolerance * depth)
+    # max - min over the 3x3 neighbourhood (the image border left out); holes only reach pixels that are not interior
+    depth_range = cv2.dilate(depth, footprint) - cv2.erode(depth, footprint)
+    flat = interior & (depth_range < edge_tolerance * depth)
     ys, xs = np.nonzero(flat)
     if len(ys) > max_points:
         keep = np.random.default_rng(seed).choice(len(ys), max_points, replace=False)
